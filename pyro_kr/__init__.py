@@ -1,0 +1,27 @@
+"""pyro_kr: monotone triangular (Knothe-Rosenblatt) transport maps for Pyro.
+
+Importing :mod:`pyro_kr` loads only torch and Pyro. Optional heavy pieces (PyMC, ArviZ,
+POT, matplotlib) are imported inside the modules that need them.
+"""
+
+from __future__ import annotations
+
+from pyro_kr import transforms
+from pyro_kr.transforms import (
+    ConditionalMonotoneTriangular,
+    ConditionalTriangularAffine,
+    MonotoneTriangular,
+    TriangularAffine,
+    monotone_triangular_stack,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConditionalMonotoneTriangular",
+    "ConditionalTriangularAffine",
+    "MonotoneTriangular",
+    "TriangularAffine",
+    "monotone_triangular_stack",
+    "transforms",
+]

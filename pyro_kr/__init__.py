@@ -7,6 +7,9 @@ POT, matplotlib) are imported inside the modules that need them.
 from __future__ import annotations
 
 from pyro_kr import transforms
+from pyro_kr.fit import History, NonFiniteLossError, fit
+from pyro_kr.guides import AutoKR
+from pyro_kr.objective import Annealing, TransportELBO
 from pyro_kr.transforms import (
     ConditionalMonotoneTriangular,
     ConditionalTriangularAffine,
@@ -18,6 +21,12 @@ from pyro_kr.transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Annealing",
+    "AutoKR",
+    "History",
+    "NonFiniteLossError",
+    "TransportELBO",
+    "fit",
     "ConditionalMonotoneTriangular",
     "ConditionalTriangularAffine",
     "MonotoneTriangular",

@@ -1,0 +1,216 @@
+"""``fit``: the SVI loop with progress, NaN handling and exact checkpoint/resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam, PyroOptim
+from tqdm.auto import tqdm
+
+from pyro_kr.checkpoint import atomic_save, get_rng_state, load_checkpoint, set_rng_state
+
+__all__ = ["History", "NonFiniteLossError", "fit"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the parameters were restored to the last finite step."""
+
+
+@dataclass
+class History:
+    """Per-step training record (lists of floats, one entry per step)."""
+
+    loss: list[float] = field(default_factory=list)
+    elbo: list[float] = field(default_factory=list)
+    eps: list[float] = field(default_factory=list)
+    lam: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return len(self.loss)
+
+    def append(self, record: dict[str, float]) -> None:
+        self.loss.append(record["loss"])
+        self.elbo.append(record.get("elbo", -record["loss"]))
+        self.eps.append(record.get("eps", math.nan))
+        self.lam.append(record.get("lam", math.inf))
+
+    def state_dict(self) -> dict:
+        return {k: list(v) for k, v in vars(self).items() if isinstance(v, list)} | {
+            "seconds": self.seconds
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> History:
+        return cls(**state)
+
+
+def _snapshot() -> dict[str, torch.Tensor]:
+    store = pyro.get_param_store()
+    return {name: p.detach().clone() for name, p in store.named_parameters()}
+
+
+def _restore(snapshot: dict[str, torch.Tensor], *, strict: bool = False) -> None:
+    """Copy saved unconstrained values into the live parameters, in place.
+
+    In place matters: modules (e.g. a guide's transforms) hold the same tensor objects as the
+    param store, and replacing the store's tensors would silently detach them.
+    """
+    params = dict(pyro.get_param_store().named_parameters())
+    missing = sorted(set(snapshot) - set(params))
+    if strict and missing:
+        raise RuntimeError(
+            f"checkpoint has parameters {missing} that the model and guide do not create; "
+            "was it written by a different model or guide?"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            if name in snapshot:
+                p.copy_(snapshot[name])
+
+
+def _record(loss, value: float) -> dict[str, float]:
+    last = getattr(loss, "last", None)
+    if isinstance(last, dict) and last:
+        return dict(last)
+    return {"loss": value, "elbo": -value}
+
+
+def _resolve_optim(lr: float | None, optim: PyroOptim | None) -> PyroOptim:
+    if optim is not None and lr is not None:
+        raise ValueError("pass either lr or optim, not both")
+    if optim is not None:
+        if not isinstance(optim, PyroOptim):
+            raise TypeError(f"optim must be a pyro.optim optimizer, got {type(optim).__name__}")
+        return optim
+    lr = 1e-2 if lr is None else lr
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    return Adam({"lr": lr})
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    *args,
+    loss=None,
+    steps: int = 1000,
+    lr: float | None = None,
+    optim: PyroOptim | None = None,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+    **kwargs,
+) -> History:
+    """Train ``guide`` on ``model`` with SVI and return the :class:`History`.
+
+    Args:
+        model, guide: Pyro model and guide; ``*args, **kwargs`` are passed to both.
+        loss: a Pyro ELBO, e.g. :class:`~pyro_kr.TransportELBO` (default ``Trace_ELBO()``).
+        steps: total number of steps (a resumed run continues up to this number).
+        lr: Adam learning rate (default 1e-2), or pass ``optim`` (a ``pyro.optim`` optimizer).
+        progress: show a progress bar with loss, ELBO, eps, lambda and steps/s.
+        checkpoint: path of a checkpoint file. If it exists the run resumes from it exactly
+            (parameters, optimizer, schedule and RNG state); it is rewritten atomically every
+            ``checkpoint_every`` steps and at the end, so an interrupt loses at most that many.
+        callback: ``callback(step, record)`` after each step; returning ``True`` stops early.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf at a named step; parameters are restored
+            to their values before that step.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> import pyro_kr
+        >>> def model():
+        ...     pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        >>> guide = pyro_kr.AutoKR(model, map="affine")
+        >>> history = fit(model, guide, steps=20, progress=False)
+        >>> history.steps
+        20
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    loss = Trace_ELBO() if loss is None else loss
+    optim = _resolve_optim(lr, optim)
+    schedule = getattr(loss, "schedule", None)
+    svi = SVI(model, guide, optim, loss)
+    history = History()
+    start = 0
+
+    if checkpoint is not None and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint)
+        with torch.no_grad(), pyro.poutine.block():
+            # Build every parameter (guide and model) before loading values into them.
+            guide_trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
+            pyro.poutine.replay(model, trace=guide_trace)(*args, **kwargs)
+            if getattr(loss, "max_plate_nesting", None) == math.inf:
+                # The uninterrupted run guessed this at step 0, before the RNG state we restore.
+                loss._guess_max_plate_nesting(model, guide, args, kwargs)
+        _restore(state["params"], strict=True)
+        optim.set_state(state["optim"])
+        if schedule is not None and state.get("schedule") is not None:
+            schedule.load_state_dict(state["schedule"])
+        history = History.from_state_dict(state["history"])
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+
+    def save(step: int) -> None:
+        atomic_save(
+            {
+                "step": step,
+                "params": _snapshot(),
+                "optim": optim.get_state(),
+                "schedule": schedule.state_dict() if schedule is not None else None,
+                "history": history.state_dict(),
+                "rng": get_rng_state(),
+            },
+            checkpoint,
+        )
+
+    bar = tqdm(total=steps, initial=start, disable=not progress, desc="fit", unit="step")
+    began = time.perf_counter() - history.seconds
+    snapshot = _snapshot()
+    try:
+        for step in range(start, steps):
+            value = svi.step(*args, **kwargs)
+            if not math.isfinite(value):
+                _restore(snapshot)
+                raise NonFiniteLossError(
+                    f"loss is {value} at step {step}; parameters restored to their values "
+                    "before that step. Lower the learning rate, check the model for invalid "
+                    "values, or start the schedule with a smaller lam."
+                )
+            snapshot = _snapshot()
+            record = _record(loss, value)
+            history.append(record)
+            history.seconds = time.perf_counter() - began
+            bar.update(1)
+            if progress:
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4g}",
+                    elbo=f"{record.get('elbo', -value):.4g}",
+                    eps=f"{record.get('eps', math.nan):.2g}",
+                    lam=f"{record.get('lam', math.inf):.2g}",
+                    refresh=False,
+                )
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0):
+                save(step + 1)
+            if callback is not None and callback(step, record):
+                break
+    finally:
+        bar.close()
+    if checkpoint is not None:
+        save(history.steps)
+    return history

@@ -1,0 +1,216 @@
+"""``AutoKR``: a Pyro autoguide whose posterior is a monotone triangular map of N(0, I)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions.torch_transform import ComposeTransformModule
+from pyro.distributions.transforms import biject_to
+from pyro.infer.autoguide import AutoContinuous
+from pyro.infer.autoguide.initialization import init_to_median
+
+from pyro_kr.guides.queries import KRQueries
+from pyro_kr.transforms import MonotoneTriangular, TriangularAffine
+
+__all__ = ["AutoKR"]
+
+_MAPS = ("monotone", "affine")
+
+
+def _discrete_latents(trace) -> list[str]:
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site["infer"].get("_do_not_trace")
+        and not getattr(site["fn"], "_subsample", False)
+        and getattr(getattr(site["fn"], "support", None), "is_discrete", False)
+    ]
+
+
+class AutoKR(KRQueries, AutoContinuous):
+    """Knothe-Rosenblatt autoguide: ``q = T#N(0, I)`` with ``T`` monotone lower-triangular.
+
+    All latent sites are packed (in the KR ``order``) into one unconstrained vector, as in
+    :class:`~pyro.infer.autoguide.AutoMultivariateNormal`; the packed vector is ``T(x)`` with
+    ``x ~ N(0, I)``, and Pyro's ``biject_to`` maps each block to its site's support.
+
+    ``map="affine"``: ``T(x) = b + L x`` (the exact KR map of a Gaussian posterior).
+    ``map="monotone"``: ``T = A o M_depth o ... o M_1`` with monotone triangular ``M_i``
+    (:class:`~pyro_kr.MonotoneTriangular`, near the identity at initialization) and a
+    triangular affine ``A`` initialized at ``init_loc_fn``'s point with scale ``init_scale``.
+
+    The ordering matters: each ordering of the variables gives a different KR map. The first
+    sites of ``order`` are the ones whose marginals are exact and cheap (:meth:`marginal`), and
+    :meth:`conditional` samples the later sites given fixed values of the leading ones. Put the
+    sites you want to condition on (hyperparameters, global scales) first.
+
+    Args:
+        model: a Pyro model with continuous latent sites.
+        map: ``"monotone"`` (default) or ``"affine"``.
+        order: site names in KR order; listed sites come first (in that order), unlisted ones
+            follow in the model's order. Default: the model's order.
+        init_loc_fn: per-site initialization (Pyro's ``init_to_*`` strategies).
+        init_scale: initial scale of the affine part.
+        depth: number of monotone layers for ``map="monotone"``.
+        **map_options: passed to :class:`~pyro_kr.MonotoneTriangular` (``hidden_dims``,
+            ``num_bumps``, ``min_slope``, ...).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(data):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     tau = pyro.sample("tau", dist.HalfCauchy(1.0))
+        ...     with pyro.plate("data", len(data)):
+        ...         pyro.sample("obs", dist.Normal(mu, tau), obs=data)
+        >>> guide = AutoKR(model, order=["tau", "mu"])
+        >>> draws = guide.sample_posterior(100, torch.randn(20))
+        >>> draws["tau"].shape, bool((draws["tau"] > 0).all())
+        (torch.Size([100]), True)
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        map: str = "monotone",
+        order: Sequence[str] | None = None,
+        init_loc_fn: Callable = init_to_median,
+        init_scale: float = 0.1,
+        depth: int = 2,
+        **map_options,
+    ) -> None:
+        if map not in _MAPS:
+            raise ValueError(f"map must be one of {_MAPS}, got {map!r}")
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale}")
+        if map == "affine" and map_options:
+            raise ValueError(
+                f"map='affine' takes no map options, got {sorted(map_options)}; "
+                "they configure map='monotone'"
+            )
+        self._map_kind = map
+        self._order = list(order) if order is not None else None
+        self._init_scale = float(init_scale)
+        self._depth = depth
+        self._map_options = map_options
+        super().__init__(model, init_loc_fn=init_loc_fn)
+
+    def _setup_prototype(self, *args, **kwargs) -> None:
+        with poutine.block():
+            probe = poutine.trace(self.model).get_trace(*args, **kwargs)
+        discrete = _discrete_latents(probe)
+        if discrete:
+            raise ValueError(
+                f"AutoKR supports continuous latent sites only; {discrete} are discrete. "
+                "Enumerate them out (decorate the model with @pyro.infer.config_enumerate, "
+                "train with TraceEnum_ELBO and hide them from the guide with "
+                "poutine.block(model, hide=[...])), or marginalize them in the model."
+            )
+        super()._setup_prototype(*args, **kwargs)
+        self._apply_order()
+        loc = self._init_loc()
+        self.transform = self._build_map(loc)
+
+    def _apply_order(self) -> None:
+        nodes = self.prototype_trace.nodes
+        latent = [name for name, _ in self.prototype_trace.iter_stochastic_nodes()]
+        if self._order is None:
+            self.order = latent
+            return
+        unknown = [name for name in self._order if name not in latent]
+        if unknown or len(set(self._order)) != len(self._order):
+            raise ValueError(
+                f"order must list distinct latent sites of the model; unknown or repeated: "
+                f"{unknown or self._order}; latent sites are {latent}"
+            )
+        self.order = self._order + [name for name in latent if name not in self._order]
+        reordered = OrderedDict((name, nodes[name]) for name in self.order)
+        for name, site in nodes.items():
+            if name not in reordered:
+                reordered[name] = site
+        self.prototype_trace.nodes = reordered
+        self._unconstrained_shapes = {n: self._unconstrained_shapes[n] for n in self.order}
+
+    def _build_map(self, loc: torch.Tensor) -> ComposeTransformModule:
+        d = self.latent_dim
+        scale_tril = torch.eye(d, dtype=loc.dtype, device=loc.device) * self._init_scale
+        affine = TriangularAffine(d).to(dtype=loc.dtype, device=loc.device)
+        affine.set_loc(loc.detach())
+        affine.set_scale_tril(scale_tril)
+        parts: list[torch.nn.Module] = []
+        if self._map_kind == "monotone":
+            parts = [
+                MonotoneTriangular(d, **self._map_options).to(dtype=loc.dtype, device=loc.device)
+                for _ in range(self._depth)
+            ]
+        return ComposeTransformModule([*parts, affine], cache_size=1)
+
+    def _reference_like(self) -> torch.Tensor:
+        return self.transform[-1].loc
+
+    def get_base_dist(self) -> dist.Distribution:
+        ref = self._reference_like()
+        zeros = torch.zeros(self.latent_dim, dtype=ref.dtype, device=ref.device)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def get_transform(self, *args, **kwargs) -> ComposeTransformModule:
+        return self.transform
+
+    def site_slices(self) -> "OrderedDict[str, slice]":
+        """Position of every site's unconstrained block in the packed (KR-ordered) vector."""
+        out, pos = OrderedDict(), 0
+        for name, shape in self._unconstrained_shapes.items():
+            size = int(torch.Size(shape).numel())
+            out[name] = slice(pos, pos + size)
+            pos += size
+        return out
+
+    def _constrain(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unpack a batch of packed latents ``(n, d)`` into constrained site values."""
+        return {
+            site["name"]: biject_to(site["fn"].support)(value)
+            for site, value in self._unpack_latent(latent)
+        }
+
+    @torch.no_grad()
+    def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Draw ``num_samples`` joint posterior draws: dict name -> ``(num_samples, *shape)``."""
+        self._ensure_setup(*args, **kwargs)
+        x = self.get_base_dist().sample((num_samples,))
+        return self._constrain(self.transform(x))
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """``T(0)`` mapped to each site's support: the vector of conditional medians.
+
+        Its first coordinate is the exact marginal median of the leading variable; coordinate
+        ``k`` is the median of variable ``k`` given the previous ones at their conditional
+        medians (for a Gaussian posterior: the mean).
+        """
+        self._ensure_setup(*args, **kwargs)
+        zero = self.get_base_dist().mean
+        return self._constrain(self.transform(zero))
+
+    @torch.no_grad()
+    def quantiles(
+        self, quantiles: Sequence[float], *args, num_samples: int = 4000, **kwargs
+    ) -> dict[str, torch.Tensor]:
+        """Elementwise marginal quantiles estimated from ``num_samples`` posterior draws.
+
+        Returns dict name -> tensor ``(len(quantiles), *site_shape)``, as Pyro's autoguides.
+        """
+        q = torch.as_tensor(quantiles, dtype=self._reference_like().dtype)
+        if q.dim() != 1 or not bool(((q >= 0) & (q <= 1)).all()):
+            raise ValueError(f"quantiles must be a list of numbers in [0, 1], got {quantiles}")
+        draws = self.sample_posterior(num_samples, *args, **kwargs)
+        return {name: torch.quantile(v, q.to(v), dim=0) for name, v in draws.items()}
+
+    def _ensure_setup(self, *args, **kwargs) -> None:
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)

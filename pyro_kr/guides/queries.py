@@ -1,0 +1,113 @@
+"""KR-only posterior queries: exact marginals of leading sites, conditionals of the rest.
+
+For a lower-triangular ``T``, the first ``m`` output coordinates depend only on the first
+``m`` reference coordinates (MATH.md section 1), so
+
+* ``T_{1:m}(x_{1:m})`` with ``x_{1:m} ~ N(0, I_m)`` is an exact draw of the marginal of the
+  leading sites, and
+* fixing the leading values ``z_{1:m}``, inverting the leading components to ``x_{1:m}`` and
+  drawing ``x_{m+1:d} ~ N(0, I)`` gives an exact draw of ``q(z_{m+1:d} | z_{1:m})``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pyro.distributions.transforms import biject_to
+
+__all__ = ["ConditionalPosterior", "KRQueries"]
+
+
+class ConditionalPosterior:
+    """``q(later sites | leading sites = fixed)`` of a KR guide; use :meth:`sample`.
+
+    Created by :meth:`KRQueries.conditional`; holds the inverted leading reference coordinates.
+    """
+
+    def __init__(self, guide, x_lead: torch.Tensor, z_lead: torch.Tensor) -> None:
+        self._guide, self._x_lead, self._z_lead = guide, x_lead, z_lead
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> dict[str, torch.Tensor]:
+        """Draw ``num_samples`` values of every site; the fixed sites repeat their values.
+
+        Returns dict name -> ``(num_samples, *site_shape)``.
+        """
+        guide, m = self._guide, self._x_lead.shape[-1]
+        rest = guide.get_base_dist().sample((num_samples,))[..., m:]
+        x = torch.cat([self._x_lead.expand(num_samples, m), rest], dim=-1)
+        z = guide.transform(x).clone()
+        z[..., :m] = self._z_lead
+        return guide._constrain(z)
+
+
+class KRQueries:
+    """Mixin for packed-latent KR guides with ``transform``, ``order`` and ``site_slices()``."""
+
+    def _leading_width(self, names: Sequence[str], what: str) -> int:
+        if self.prototype_trace is None:
+            raise RuntimeError(
+                f"{what} needs the guide's structure: run the guide (or SVI) once with the "
+                "model's arguments first"
+            )
+        names = [names] if isinstance(names, str) else list(names)
+        slices = self.site_slices()
+        unknown = [n for n in names if n not in slices]
+        if unknown:
+            raise ValueError(f"{what}: unknown sites {unknown}; latent sites are {list(slices)}")
+        leading = self.order[: len(names)]
+        if set(names) != set(leading):
+            raise ValueError(
+                f"{what} needs sites that lead the KR order: requested {names}, but the order "
+                f"is {self.order}. Build the guide with order={names + [n for n in self.order if n not in names]} "
+                "to make them lead."
+            )
+        return slices[leading[-1]].stop
+
+    @torch.no_grad()
+    def marginal(self, names: Sequence[str] | str, num_samples: int) -> dict[str, torch.Tensor]:
+        """Exact draws from the marginal of the sites that lead the KR order.
+
+        Only the leading reference coordinates matter: the trailing ones are set to zero and,
+        by triangularity, cannot change the leading outputs.
+
+        Returns dict name -> ``(num_samples, *site_shape)`` for the requested sites.
+        """
+        m = self._leading_width(names, "marginal")
+        x = self.get_base_dist().sample((num_samples,))
+        x[..., m:] = 0.0
+        values = self._constrain(self.transform(x))
+        names = [names] if isinstance(names, str) else list(names)
+        return {n: values[n] for n in names}
+
+    @torch.no_grad()
+    def conditional(self, fixed: dict[str, torch.Tensor | float]) -> ConditionalPosterior:
+        """Condition the guide on values of its leading sites; ``.sample(n)`` draws the rest.
+
+        Args:
+            fixed: dict site name -> constrained value (site shape) for the leading sites.
+
+        Example:
+            ``guide.conditional(fixed={"tau": 2.0}).sample(1000)["theta"]``
+        """
+        names = list(fixed)
+        m = self._leading_width(names, "conditional")
+        ref = self.transform[-1].loc
+        d = self.latent_dim
+        z_lead = []
+        for name in self.order[: len(names)]:
+            site = self.prototype_trace.nodes[name]
+            value = torch.as_tensor(fixed[name], dtype=ref.dtype, device=ref.device)
+            if value.shape != site["value"].shape:
+                raise ValueError(
+                    f"conditional: value for {name!r} must have shape "
+                    f"{tuple(site['value'].shape)}, got {tuple(value.shape)}"
+                )
+            if not bool(site["fn"].support.check(value).all()):
+                raise ValueError(f"conditional: value for {name!r} is outside its support")
+            z_lead.append(biject_to(site["fn"].support).inv(value).reshape(-1))
+        z_lead = torch.cat(z_lead)
+        padded = torch.cat([z_lead, torch.zeros(d - m, dtype=ref.dtype, device=ref.device)])
+        x_lead = self.transform.inv(padded)[:m]
+        return ConditionalPosterior(self, x_lead, z_lead)

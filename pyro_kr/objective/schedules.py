@@ -1,0 +1,204 @@
+"""Annealing schedules for ``(eps, lambda) -> (0, inf)`` (paper 000, Thm 3.8).
+
+Each schedule is a pure function of the step: ``schedule(step) -> float``; it ramps from
+``start`` to ``end`` over ``steps`` steps and then holds ``end``. :class:`Annealing` pairs one
+schedule for ``eps`` with one for ``lam`` and keeps the step counter (with ``state_dict``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "Annealing",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "GeometricSchedule",
+    "LinearSchedule",
+    "Schedule",
+    "DEFAULT_EPS",
+    "DEFAULT_LAM",
+]
+
+# Defaults chosen by the sweep in benchmarks/schedules.py (see docs/objective.md).
+DEFAULT_EPS = (1.0, 1e-3)
+DEFAULT_LAM = (1.0, 1e4)
+
+
+def _check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    return steps
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Base class: ramp from ``start`` to ``end`` over ``steps``, then hold ``end``."""
+
+    start: float
+    end: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        _check_steps(self.steps)
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or math.isnan(value):
+                raise ValueError(f"schedule {name} must be a number, got {value!r}")
+
+    def fraction(self, step: int) -> float:
+        """Progress in ``[0, 1]`` at ``step``."""
+        if self.steps == 0:
+            return 1.0
+        return min(max(step, 0), self.steps) / self.steps
+
+    def __call__(self, step: int) -> float:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class GeometricSchedule(Schedule):
+    """``start * (end / start) ** (step / steps)``: constant ratio per step (the default)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (0 < self.start < math.inf and 0 < self.end < math.inf):
+            raise ValueError(
+                "a geometric schedule needs finite positive start and end, got "
+                f"start={self.start}, end={self.end}; use ConstantSchedule(math.inf) for lam=inf"
+            )
+
+    def __call__(self, step: int) -> float:
+        t = self.fraction(step)
+        return float(self.start * (self.end / self.start) ** t)
+
+
+@dataclass(frozen=True)
+class LinearSchedule(Schedule):
+    """``start + (end - start) * step / steps``."""
+
+    def __call__(self, step: int) -> float:
+        return float(self.start + (self.end - self.start) * self.fraction(step))
+
+
+@dataclass(frozen=True)
+class CosineSchedule(Schedule):
+    """Half-cosine ramp: slow at both ends, ``end + (start - end) (1 + cos(pi t)) / 2``."""
+
+    def __call__(self, step: int) -> float:
+        t = self.fraction(step)
+        return float(self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+@dataclass(frozen=True)
+class ConstantSchedule(Schedule):
+    """Always ``value`` (``start == end``); ``ConstantSchedule.of(v)`` builds one."""
+
+    @classmethod
+    def of(cls, value: float) -> ConstantSchedule:
+        return cls(float(value), float(value), 0)
+
+    def __call__(self, step: int) -> float:
+        return float(self.start)
+
+
+_KINDS: dict[str, type[Schedule]] = {
+    "geometric": GeometricSchedule,
+    "linear": LinearSchedule,
+    "cosine": CosineSchedule,
+}
+
+
+def _as_schedule(value, steps: int, kind: str, name: str) -> Schedule:
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, int | float):
+        return ConstantSchedule.of(value)
+    if isinstance(value, tuple | list) and len(value) == 2:
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
+        return _KINDS[kind](float(value[0]), float(value[1]), steps)
+    raise ValueError(
+        f"{name} must be a number, a (start, end) pair or a Schedule, got {value!r}"
+    )
+
+
+class Annealing:
+    """Coupled schedule for the transport weight ``eps`` and the KL weight ``lam``.
+
+    The objective of paper 000 (eq. 4) is ``lam * KL(T#mu || nu) + E[c_eps(x, T(x))]``;
+    annealing ``eps`` from 1 towards 0 and ``lam`` upwards moves the minimiser from the
+    Brenier map towards the KR map of the target (Thm 3.6-3.8). Warm-started continuation
+    along a schedule matters (MATH.md section 2): solving the final ``(eps, lam)`` from scratch
+    does not give a triangular map.
+
+    Args:
+        eps: ``(start, end)`` with ``1 >= start >= end > 0``, a constant, or a :class:`Schedule`.
+        lam: ``(start, end)`` with ``0 < start <= end``, a constant (``math.inf`` gives the plain
+            ELBO), or a :class:`Schedule`.
+        steps: length of the ramp; both values hold their ``end`` afterwards.
+        kind: ``"geometric"`` (default), ``"linear"`` or ``"cosine"`` for pairs.
+
+    Example:
+        >>> a = Annealing(eps=(1.0, 1e-2), lam=(1.0, 1e2), steps=2)
+        >>> [tuple(round(v, 4) for v in a.values(s)) for s in range(4)]
+        [(1.0, 1.0), (0.1, 10.0), (0.01, 100.0), (0.01, 100.0)]
+        >>> a.step()
+        >>> round(a.eps, 4), round(a.lam, 4)
+        (0.1, 10.0)
+    """
+
+    def __init__(
+        self,
+        eps: float | tuple[float, float] | Schedule = DEFAULT_EPS,
+        lam: float | tuple[float, float] | Schedule = DEFAULT_LAM,
+        steps: int = 1000,
+        *,
+        kind: str = "geometric",
+    ) -> None:
+        self.steps = _check_steps(steps)
+        self.kind = kind
+        self.eps_schedule = _as_schedule(eps, steps, kind, "eps")
+        self.lam_schedule = _as_schedule(lam, steps, kind, "lam")
+        self.step_count = 0
+        e0, e1 = self.eps_schedule.start, self.eps_schedule.end
+        if not (0 < e0 <= 1 and 0 < e1 <= 1):
+            raise ValueError(f"eps must lie in (0, 1], got start={e0}, end={e1}")
+        if e1 > e0:
+            raise ValueError(f"eps must not increase: end={e1} > start={e0}; anneal towards 0")
+        l0, l1 = self.lam_schedule.start, self.lam_schedule.end
+        if not (l0 > 0 and l1 > 0):
+            raise ValueError(f"lam must be > 0, got start={l0}, end={l1}")
+        if l1 < l0:
+            raise ValueError(f"lam must not decrease: end={l1} < start={l0}; anneal towards inf")
+
+    def values(self, step: int) -> tuple[float, float]:
+        """``(eps, lam)`` at ``step``, a pure function of the step."""
+        return self.eps_schedule(step), self.lam_schedule(step)
+
+    @property
+    def eps(self) -> float:
+        """Current ``eps``."""
+        return self.eps_schedule(self.step_count)
+
+    @property
+    def lam(self) -> float:
+        """Current ``lam``."""
+        return self.lam_schedule(self.step_count)
+
+    def step(self) -> None:
+        """Advance the counter by one step."""
+        self.step_count += 1
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Annealing(eps={self.eps_schedule}, lam={self.lam_schedule}, "
+            f"step_count={self.step_count})"
+        )

@@ -45,7 +45,8 @@ def get_rng_state() -> dict:
     """Torch (CPU and CUDA), NumPy and Python RNG states."""
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        # The global legacy RNG is what user code may draw from: save it, not a Generator.
+        "numpy": np.random.get_state(),  # noqa: NPY002
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -55,7 +56,7 @@ def get_rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -160,9 +161,13 @@ class AutoKR(KRQueries, AutoContinuous):
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def get_transform(self, *args, **kwargs) -> ComposeTransformModule:
-        return self.transform
+        transform = self.transform
+        # Point the map at the param store's tensors when they differ, so that
+        # pyro.get_param_store().load(...) / set_state(...) take effect, as for AutoNormal.
+        pyro.module(self._pyro_get_fullname("transform"), transform, update_module_params=True)
+        return transform
 
-    def site_slices(self) -> "OrderedDict[str, slice]":
+    def site_slices(self) -> OrderedDict[str, slice]:
         """Position of every site's unconstrained block in the packed (KR-ordered) vector."""
         out, pos = OrderedDict(), 0
         for name, shape in self._unconstrained_shapes.items():
@@ -183,7 +188,7 @@ class AutoKR(KRQueries, AutoContinuous):
         """Draw ``num_samples`` joint posterior draws: dict name -> ``(num_samples, *shape)``."""
         self._ensure_setup(*args, **kwargs)
         x = self.get_base_dist().sample((num_samples,))
-        return self._constrain(self.transform(x))
+        return self._constrain(self.get_transform()(x))
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -195,7 +200,7 @@ class AutoKR(KRQueries, AutoContinuous):
         """
         self._ensure_setup(*args, **kwargs)
         zero = self.get_base_dist().mean
-        return self._constrain(self.transform(zero))
+        return self._constrain(self.get_transform()(zero))
 
     @torch.no_grad()
     def quantiles(

@@ -37,7 +37,7 @@ class ConditionalPosterior:
         guide, m = self._guide, self._x_lead.shape[-1]
         rest = guide.get_base_dist().sample((num_samples,))[..., m:]
         x = torch.cat([self._x_lead.expand(num_samples, m), rest], dim=-1)
-        z = guide.transform(x).clone()
+        z = guide.get_transform()(x).clone()
         z[..., :m] = self._z_lead
         return guide._constrain(z)
 
@@ -58,10 +58,10 @@ class KRQueries:
             raise ValueError(f"{what}: unknown sites {unknown}; latent sites are {list(slices)}")
         leading = self.order[: len(names)]
         if set(names) != set(leading):
+            suggested = names + [n for n in self.order if n not in names]
             raise ValueError(
                 f"{what} needs sites that lead the KR order: requested {names}, but the order "
-                f"is {self.order}. Build the guide with order={names + [n for n in self.order if n not in names]} "
-                "to make them lead."
+                f"is {self.order}. Build the guide with order={suggested} to make them lead."
             )
         return slices[leading[-1]].stop
 
@@ -77,7 +77,7 @@ class KRQueries:
         m = self._leading_width(names, "marginal")
         x = self.get_base_dist().sample((num_samples,))
         x[..., m:] = 0.0
-        values = self._constrain(self.transform(x))
+        values = self._constrain(self.get_transform()(x))
         names = [names] if isinstance(names, str) else list(names)
         return {n: values[n] for n in names}
 
@@ -109,5 +109,5 @@ class KRQueries:
             z_lead.append(biject_to(site["fn"].support).inv(value).reshape(-1))
         z_lead = torch.cat(z_lead)
         padded = torch.cat([z_lead, torch.zeros(d - m, dtype=ref.dtype, device=ref.device)])
-        x_lead = self.transform.inv(padded)[:m]
+        x_lead = self.get_transform().inv(padded)[:m]
         return ConditionalPosterior(self, x_lead, z_lead)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pyro.distributions as dist
+import torch
 from pyro.poutine.trace_struct import Trace
 
 __all__ = ["reference_pairs", "weighted_cost"]

@@ -89,7 +89,9 @@ class TransportELBO(Trace_ELBO):
         value = loss + torch_item(cost) / lam if math.isfinite(lam) else loss
         objective = surrogate + cost / lam if math.isfinite(lam) else surrogate
         warn_if_nan(value, "loss")
-        self.last = {"loss": value, "elbo": -loss, "cost": torch_item(cost), "eps": eps, "lam": lam}
+        self.last = {
+            "loss": value, "elbo": -loss, "cost": torch_item(cost), "eps": eps, "lam": lam
+        }
         return value, objective
 
     def _advance(self) -> None:

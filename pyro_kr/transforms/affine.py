@@ -7,17 +7,18 @@ For ``mu = N(0, I)`` and ``nu = N(m, S)`` the Knothe-Rosenblatt map is ``x -> m 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pyro.distributions import constraints
-from pyro.distributions.torch_transform import TransformModule
 from pyro.distributions.conditional import ConditionalTransformModule
+from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.distributions import Transform
 from torch.nn import functional as F
 
 from pyro_kr._validation import check_dim, check_dtype, check_event
+from pyro_kr.transforms._cache import ParameterAwareCache
 
 __all__ = ["ConditionalTriangularAffine", "TriangularAffine"]
 
@@ -29,13 +30,20 @@ def _softplus_inverse(value: float) -> float:
 
 
 def affine_forward(x: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
-    """``loc + scale_tril @ x`` for ``x (..., d)``, ``loc (..., d)``, ``scale_tril (..., d, d)``."""
+    """``loc + L @ x`` for ``x (..., d)``, ``loc (..., d)``, ``scale_tril = L (..., d, d)``."""
+    if scale_tril.dim() == 2:  # one factor for the whole batch: a single matrix product
+        return loc + x @ scale_tril.T
     return loc + (scale_tril @ x.unsqueeze(-1)).squeeze(-1)
 
 
 def affine_inverse(y: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
     """Solve ``loc + scale_tril @ x = y`` by forward substitution (batched)."""
-    rhs = (y - loc).unsqueeze(-1)
+    diff = y - loc
+    if scale_tril.dim() == 2:  # one factor: one solve with every batch row as a right side
+        flat = diff.reshape(-1, diff.shape[-1])
+        x = torch.linalg.solve_triangular(scale_tril, flat.T, upper=False).T
+        return x.reshape(diff.shape)
+    rhs = diff.unsqueeze(-1)
     batch = torch.broadcast_shapes(rhs.shape[:-2], scale_tril.shape[:-2])
     rhs = rhs.expand(batch + rhs.shape[-2:])
     scale_tril = scale_tril.expand(batch + scale_tril.shape[-2:])
@@ -48,7 +56,7 @@ def affine_log_det(scale_tril: torch.Tensor, batch_shape: torch.Size) -> torch.T
     return log_det.expand(torch.broadcast_shapes(batch_shape, log_det.shape))
 
 
-class TriangularAffine(TransformModule):
+class TriangularAffine(ParameterAwareCache, TransformModule):
     """Learnable lower-triangular affine map ``T(x) = loc + L x`` with ``diag(L) > 0``.
 
     Exact for Gaussian targets: ``TriangularAffine(d, loc=m, scale_tril=cholesky(S))`` pushes
@@ -142,25 +150,69 @@ class TriangularAffine(TransformModule):
         return affine_log_det(self.scale_tril, x.shape[:-1])
 
 
-class _TriangularAffineMap(Transform):
-    """Stateless ``T(x) = loc + L x`` with batched ``loc (..., d)`` and ``L (..., d, d)``."""
+class _TriangularAffineMap(ParameterAwareCache, Transform):
+    """``T(x) = loc + L x`` with ``loc (..., d)`` and ``L (..., d, d)`` computed from a context.
+
+    ``params_fn()`` returns ``(loc, L)``; it runs lazily and again whenever the watched
+    parameters change (an optimizer step) or the grad mode flips, so a conditioned map that is
+    kept across training steps follows the network, like the conditional monotone map.
+    """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
     sign = +1
 
-    def __init__(self, loc: torch.Tensor, scale_tril: torch.Tensor, owner: str) -> None:
+    def __init__(
+        self,
+        params_fn: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+        context_batch: torch.Size,
+        owner: str,
+        watched: tuple[torch.Tensor, ...],
+    ) -> None:
         super().__init__(cache_size=1)
-        self.loc, self.scale_tril, self._owner = loc, scale_tril, owner
+        self._params_fn, self._context_batch = params_fn, context_batch
+        self._owner, self._watched = owner, watched
+        self._cached_params: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _watched_tensors(self) -> tuple[torch.Tensor, ...]:
+        return self._watched
+
+    @property
+    def loc(self) -> torch.Tensor:
+        """The shift for every context, shape ``(..., d)``."""
+        return self._params()[0]
+
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        """The factor for every context, shape ``(..., d, d)``."""
+        return self._params()[1]
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._refresh_cache()
+        if self._cached_params is None:
+            self._cached_params = self._params_fn()
+        return self._cached_params
+
+    def _check(self, x: torch.Tensor, what: str) -> None:
+        loc = self.loc
+        check_event(self._owner, x, loc.shape[-1], what=what)
+        check_dtype(self._owner, x, loc, what=what)
+        try:
+            torch.broadcast_shapes(x.shape[:-1], self._context_batch)
+        except RuntimeError:
+            raise ValueError(
+                f"{self._owner} expected {what} with a batch shape that broadcasts with the "
+                f"context batch shape {tuple(self._context_batch)}, got shape {tuple(x.shape)}"
+            ) from None
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
-        check_event(self._owner, x, self.loc.shape[-1])
-        return affine_forward(x, self.loc, self.scale_tril)
+        self._check(x, "input")
+        return affine_forward(x, *self._params())
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        check_event(self._owner, y, self.loc.shape[-1], what="value to invert")
-        return affine_inverse(y, self.loc, self.scale_tril)
+        self._check(y, "value to invert")
+        return affine_inverse(y, *self._params())
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return affine_log_det(self.scale_tril, x.shape[:-1])
@@ -229,5 +281,11 @@ class ConditionalTriangularAffine(ConditionalTransformModule):
         return loc, scale_tril
 
     def condition(self, context: torch.Tensor) -> Transform:
-        loc, scale_tril = self.loc_and_scale_tril(context)
-        return _TriangularAffineMap(loc, scale_tril, type(self).__name__)
+        """The map ``x -> loc(y) + L(y) x`` for contexts ``y`` of shape ``(..., c)``."""
+        owner = type(self).__name__
+        check_event(owner, context, self.context_dim, what="context")
+        check_dtype(owner, context, self.net[-1].bias, what="context")
+        watched = tuple(self.parameters())
+        return _TriangularAffineMap(
+            lambda: self.loc_and_scale_tril(context), context.shape[:-1], owner, watched
+        )

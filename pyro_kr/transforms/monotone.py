@@ -19,15 +19,16 @@ log-determinant that disagrees with its own Jacobian or loses guaranteed monoton
 
 The functions ``f, a, w, c, s`` of ``x_<k`` (and of a context ``y`` for the conditional map)
 come from one masked (MADE) network, Pyro's ``AutoRegressiveNN`` with the identity
-permutation, so all ``d`` components are evaluated in one batched pass.
+permutation, so all ``d`` components are evaluated in one batched pass. The component
+formula, its parameter head and the inverse's scalar problems live in
+:mod:`pyro_kr.transforms.components`; the inverse's sweeps in
+:mod:`pyro_kr.transforms.root_finding`.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from pyro.distributions import constraints
@@ -36,95 +37,23 @@ from pyro.distributions.torch_transform import TransformModule
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import nn
 from torch.distributions import Transform
-from torch.nn import functional as F
 
 from pyro_kr._validation import check_dim, check_dtype, check_event
-from pyro_kr.transforms.root_finding import default_tolerance, invert_triangular, solve_increasing
+from pyro_kr.transforms._cache import ParameterAwareCache
+from pyro_kr.transforms.components import ComponentParams, MonotoneOptions, ParamHead
+from pyro_kr.transforms.root_finding import (
+    InverseStats,
+    default_tolerance,
+    invert_triangular,
+    solve_increasing,
+)
 
-__all__ = ["ConditionalMonotoneTriangular", "MonotoneTriangular"]
-
-_MIN_BUMP_SCALE = 1e-3
-
-
-def _softplus_inverse(value: float) -> float:
-    return value + math.log(-math.expm1(-value))
-
-
-@dataclass(frozen=True)
-class ComponentParams:
-    """Per-component parameters, each of shape ``(..., d)`` or ``(..., d, K)`` for bumps."""
-
-    shift: torch.Tensor
-    slope: torch.Tensor
-    weight: torch.Tensor
-    center: torch.Tensor
-    scale: torch.Tensor
-
-    def value_and_derivative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``T_k(x_<k, x_k)`` and ``dT_k/dx_k``, both ``(..., d)``, for ``x (..., d)``."""
-        z = (x.unsqueeze(-1) - self.center) / self.scale
-        s = torch.sigmoid(z)
-        offset = torch.sigmoid(-self.center / self.scale)
-        value = self.shift + self.slope * x + (self.weight * (s - offset)).sum(-1)
-        derivative = self.slope + (self.weight * s * (1.0 - s) / self.scale).sum(-1)
-        return value, derivative
-
-    def bracket(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact bracket of ``T_k^{-1}(y)``: the bumps add a value in ``[0, sum_j w_kj]``."""
-        base = y - self.shift + (self.weight * torch.sigmoid(-self.center / self.scale)).sum(-1)
-        total = self.weight.sum(-1)
-        return (base - total) / self.slope, base / self.slope
-
-
-@dataclass(frozen=True)
-class MonotoneOptions:
-    """Options shared by the unconditional and the conditional monotone maps."""
-
-    num_bumps: int = 8
-    min_slope: float = 1e-2
-    init_weight: float = 1e-2
-    center_range: float = 3.0
-
-    def __post_init__(self) -> None:
-        check_dim("num_bumps", self.num_bumps)
-        if not 0 < self.min_slope < 1:
-            raise ValueError(f"min_slope must be in (0, 1), got {self.min_slope}")
-        if not self.init_weight > 0:
-            raise ValueError(f"init_weight must be > 0, got {self.init_weight}")
-        if not self.center_range > 0:
-            raise ValueError(f"center_range must be > 0, got {self.center_range}")
-
-    @property
-    def num_params(self) -> int:
-        return 2 + 3 * self.num_bumps
-
-
-class _ParamHead(nn.Module):
-    """Turns the MADE output ``(..., 2 + 3K, d)`` into :class:`ComponentParams`.
-
-    At initialization the raw output is near zero and the map is near the identity:
-    ``f = 0``, ``a = 1``, bump weights ``init_weight`` spread over ``[-center_range, center_range]``.
-    """
-
-    def __init__(self, options: MonotoneOptions) -> None:
-        super().__init__()
-        k = options.num_bumps
-        self.options = options
-        spacing = 2 * options.center_range / max(k - 1, 1)
-        self.register_buffer("centers", torch.linspace(-options.center_range, options.center_range, k))
-        self.slope_offset = _softplus_inverse(1.0 - options.min_slope)
-        self.weight_offset = _softplus_inverse(options.init_weight)
-        self.scale_offset = _softplus_inverse(spacing)
-
-    def forward(self, raw: torch.Tensor) -> ComponentParams:
-        k, opts = self.options.num_bumps, self.options
-        raw = raw.transpose(-1, -2)  # (..., d, 2 + 3K)
-        shift = raw[..., 0]
-        slope = opts.min_slope + F.softplus(raw[..., 1] + self.slope_offset)
-        weight = F.softplus(raw[..., 2 : 2 + k] + self.weight_offset)
-        center = self.centers.to(raw) + raw[..., 2 + k : 2 + 2 * k]
-        scale = _MIN_BUMP_SCALE + F.softplus(raw[..., 2 + 2 * k :] + self.scale_offset)
-        return ComponentParams(shift, slope, weight, center, scale)
+__all__ = [
+    "ComponentParams",
+    "ConditionalMonotoneTriangular",
+    "MonotoneOptions",
+    "MonotoneTriangular",
+]
 
 
 def _shrink_output_layer(made: nn.Module, factor: float = 1e-2) -> None:
@@ -138,8 +67,23 @@ def _shrink_output_layer(made: nn.Module, factor: float = 1e-2) -> None:
             made.skip_layer.weight.mul_(factor)
 
 
-class _MonotoneTriangularMap(Transform):
-    """Stateless monotone triangular map around a parameter function ``x -> ComponentParams``."""
+def _broadcast_batch(owner: str, x: torch.Tensor, context: torch.Tensor) -> torch.Size:
+    """Broadcast the batch shapes of ``x (..., d)`` and ``context (..., c)`` or raise."""
+    try:
+        return torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"{owner} expected input and context with broadcastable batch shapes, got input "
+            f"shape {tuple(x.shape)} and context shape {tuple(context.shape)}"
+        ) from None
+
+
+class _MonotoneTriangularMap(ParameterAwareCache, Transform):
+    """Stateless monotone triangular map around ``(x, context) -> ComponentParams``.
+
+    ``params_fn`` receives ``x`` and ``context`` with equal batch shapes (``context`` is
+    ``None`` for an unconditional map) and returns the component parameters of that batch.
+    """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
@@ -148,50 +92,76 @@ class _MonotoneTriangularMap(Transform):
 
     def __init__(
         self,
-        params_fn: Callable[[torch.Tensor], ComponentParams],
+        params_fn: Callable[[torch.Tensor, torch.Tensor | None], ComponentParams],
         dim: int,
         owner: str,
         reference: torch.Tensor,
+        *,
+        context: torch.Tensor | None = None,
+        watched: tuple[torch.Tensor, ...] = (),
     ) -> None:
         super().__init__(cache_size=1)
         self._params_fn, self._dim, self._owner, self._reference = params_fn, dim, owner, reference
+        self._context, self._watched = context, watched
         self._cached_log_det: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_inverse_stats: InverseStats | None = None
+
+    def _watched_tensors(self) -> tuple[torch.Tensor, ...]:
+        return self._watched
 
     def _check(self, x: torch.Tensor, what: str) -> None:
         check_event(self._owner, x, self._dim, what=what)
         check_dtype(self._owner, x, self._reference, what=what)
 
+    def _broadcast(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x`` and the context expanded to their common batch shape."""
+        if self._context is None:
+            return x, None
+        batch = _broadcast_batch(self._owner, x, self._context)
+        context = self._context.expand(batch + self._context.shape[-1:])
+        return x.expand(batch + x.shape[-1:]), context
+
+    def _value_and_derivative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, context = self._broadcast(x)
+        return self._params_fn(x, context).value_and_derivative(x)
+
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, "input")
-        y, derivative = self._params_fn(x).value_and_derivative(x)
+        y, derivative = self._value_and_derivative(x)
         self._cached_log_det = (x, derivative.log().sum(-1))
         return y
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y, "value to invert")
         tol = default_tolerance(y.dtype)
-
-        def sweep(x: torch.Tensor) -> torch.Tensor:
-            params = self._params_fn(x)
-            lower, upper = params.bracket(y_b)
-            return solve_increasing(
-                params.value_and_derivative, y_b, lower, upper, init=x, tol=tol
-            )
-
+        stats = InverseStats()
         with torch.no_grad():
-            y_b = y.detach()
-            x = invert_triangular(y_b, sweep, self._dim, tol=tol)
-        return x
+            y_b, context = self._broadcast(y.detach())
+            batch = y_b.shape[:-1]
+            targets = y_b.reshape(-1, self._dim)
+            if context is not None:
+                context = context.reshape(-1, context.shape[-1])
+
+            def sweep(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+                z = targets if rows is None else targets[rows]
+                ctx = context if context is None or rows is None else context[rows]
+                fn, lower, upper = self._params_fn(x, ctx).scalar_problem(z)
+                return solve_increasing(fn, z, lower, upper, init=x, tol=tol, stats=stats)
+
+            x = invert_triangular(targets, sweep, self._dim, tol=tol, stats=stats)
+        self.last_inverse_stats = stats
+        return x.reshape(batch + (self._dim,))
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._refresh_cache()
         cached = self._cached_log_det
         if cached is not None and cached[0] is x:
             return cached[1]
-        _, derivative = self._params_fn(x).value_and_derivative(x)
+        _, derivative = self._value_and_derivative(x)
         return derivative.log().sum(-1)
 
 
-class MonotoneTriangular(TransformModule):
+class MonotoneTriangular(ParameterAwareCache, TransformModule):
     """Learnable monotone lower-triangular map (integrated rectifier, exact log-det).
 
     ``T(x) = (T_1(x_1), T_2(x_1, x_2), ..., T_d(x_1..x_d))`` with ``dT_k/dx_k >= min_slope``;
@@ -208,7 +178,8 @@ class MonotoneTriangular(TransformModule):
 
     Shapes: input and output ``(..., d)``; ``log_abs_det_jacobian`` returns ``(...)``.
     The inverse is vectorized over the batch, safeguarded (bracketed Newton with bisection),
-    and not differentiable.
+    and not differentiable; after each call ``last_inverse_stats`` holds the number of
+    Gauss-Jacobi sweeps and inner iterations it used.
 
     Example:
         >>> import torch
@@ -240,17 +211,20 @@ class MonotoneTriangular(TransformModule):
         self.dim = check_dim("dim", dim)
         self.options = MonotoneOptions(num_bumps, min_slope, init_weight, center_range)
         hidden = list(hidden_dims) if hidden_dims is not None else [max(32, 4 * dim)] * 2
-        self.made = AutoRegressiveNN(
-            dim,
-            hidden,
-            param_dims=[self.options.num_params],
-            permutation=torch.arange(dim),
-            nonlinearity=nn.ELU(),
-        )
+        with warnings.catch_warnings():  # d = 1 is a valid (if trivial) KR map
+            warnings.filterwarnings("ignore", message=".*input_dim = 1.*")
+            self.made = AutoRegressiveNN(
+                dim,
+                hidden,
+                param_dims=[self.options.num_params],
+                permutation=torch.arange(dim),
+                nonlinearity=nn.ELU(),
+            )
         _shrink_output_layer(self.made)
-        self.head = _ParamHead(self.options)
+        self.head = ParamHead(self.options)
+        self.last_inverse_stats: InverseStats | None = None
 
-    def _params(self, x: torch.Tensor) -> ComponentParams:
+    def _params(self, x: torch.Tensor, context: torch.Tensor | None = None) -> ComponentParams:
         raw = self.made(x)
         if self.options.num_params == 1:  # pragma: no cover - num_params >= 5 always
             raw = raw.unsqueeze(-2)
@@ -267,9 +241,13 @@ class MonotoneTriangular(TransformModule):
         return y
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return self._map()._inverse(y)
+        m = self._map()
+        x = m._inverse(y)
+        self.last_inverse_stats = m.last_inverse_stats
+        return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._refresh_cache()
         cached = getattr(self, "_cached_log_det", None)
         if cached is not None and cached[0] is x:
             return cached[1]
@@ -313,7 +291,8 @@ class ConditionalMonotoneTriangular(ConditionalTransformModule):
         self.dim = check_dim("dim", dim)
         self.context_dim = check_dim("context_dim", context_dim)
         self.options = MonotoneOptions(num_bumps, min_slope, init_weight, center_range)
-        hidden = list(hidden_dims) if hidden_dims is not None else [max(32, 4 * (dim + context_dim))] * 2
+        default_width = max(32, 4 * (dim + context_dim))
+        hidden = list(hidden_dims) if hidden_dims is not None else [default_width] * 2
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input_dim = 1.*")
             self.made = ConditionalAutoRegressiveNN(
@@ -325,7 +304,7 @@ class ConditionalMonotoneTriangular(ConditionalTransformModule):
                 nonlinearity=nn.ELU(),
             )
         _shrink_output_layer(self.made)
-        self.head = _ParamHead(self.options)
+        self.head = ParamHead(self.options)
 
     def condition(self, context: torch.Tensor) -> Transform:
         owner = type(self).__name__
@@ -333,9 +312,14 @@ class ConditionalMonotoneTriangular(ConditionalTransformModule):
         check_event(owner, context, self.context_dim, what="context")
         check_dtype(owner, context, reference, what="context")
 
-        def params_fn(x: torch.Tensor) -> ComponentParams:
-            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-            ctx = context.expand(batch + context.shape[-1:])
-            return self.head(self.made(x.expand(batch + x.shape[-1:]), context=ctx))
+        def params_fn(x: torch.Tensor, ctx: torch.Tensor | None) -> ComponentParams:
+            return self.head(self.made(x, context=ctx))
 
-        return _MonotoneTriangularMap(params_fn, self.dim, owner, reference)
+        return _MonotoneTriangularMap(
+            params_fn,
+            self.dim,
+            owner,
+            reference,
+            context=context,
+            watched=tuple(self.parameters()),
+        )

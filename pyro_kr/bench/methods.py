@@ -1,0 +1,339 @@
+"""Registry of inference methods the benchmark compares.
+
+Each method is a function ``fit(problem, y, *, steps, seed, num_draws, progress)`` returning a
+:class:`MethodResult` (posterior draws as a dict of named arrays, wall time, seconds per step,
+loss trace, and the trained guide for PSIS). Entries: Pyro's ``AutoNormal``,
+``AutoMultivariateNormal``, ``AutoIAFNormal``, ``AutoNormalizingFlow`` with
+``spline_autoregressive``, ``nuts`` (time to a fresh PyMC NUTS posterior) and, when
+:class:`pyro_kr.AutoKR` is available, ``autokr_monotone`` / ``autokr_affine``.
+
+Example:
+    >>> from pyro_kr.bench import methods
+    >>> "auto_normal" in methods.names()
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+LR = 1e-2
+"""Adam learning rate of every SVI method."""
+
+
+@dataclass
+class MethodResult:
+    """What a method returns: draws ``name -> (num_draws, *shape)`` and its cost."""
+
+    draws: dict[str, np.ndarray]
+    wall_time_s: float
+    seconds_per_step: float
+    loss: list[float]
+    guide: Any = None
+    failed: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@contextlib.contextmanager
+def float64() -> Iterator[None]:
+    """Make float64 the default dtype inside the block (problems are float64)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _max_plate_nesting(guide) -> int:
+    trace = getattr(guide, "prototype_trace", None)
+    if trace is None:
+        return 0
+    dims = [
+        -f.dim
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for f in site.get("cond_indep_stack", ())
+        if f.vectorized and f.dim is not None
+    ]
+    return max(dims, default=0)
+
+
+def sample_guide(guide, names: list[str], n: int, shapes: dict[str, tuple], **kwargs) -> dict:
+    """Draw ``n`` posterior samples of the named sites from a trained guide (vectorized).
+
+    Args:
+        guide: a trained Pyro autoguide.
+        names: latent site names to return.
+        n: number of draws.
+        shapes: event shape of every site (``problem.param_shapes``).
+        **kwargs: the model's keyword arguments (e.g. ``y=``).
+
+    Returns:
+        ``{name: np.ndarray of shape (n, *shape)}``.
+    """
+    dim = -(_max_plate_nesting(guide) + 1)
+    try:
+        with torch.no_grad(), pyro.plate("_pyro_kr_draws", n, dim=dim):
+            out = guide(**kwargs)
+        return {k: out[k].detach().cpu().numpy().reshape((n,) + tuple(shapes[k])) for k in names}
+    except (RuntimeError, ValueError):
+        # guides that do not vectorize: one draw at a time
+        rows: dict[str, list] = {k: [] for k in names}
+        with torch.no_grad():
+            for _ in range(n):
+                out = guide(**kwargs)
+                for k in names:
+                    rows[k].append(out[k].detach().cpu().numpy().reshape(shapes[k]))
+        return {k: np.stack(v) for k, v in rows.items()}
+
+
+def _bar(steps: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=desc, disable=not progress, leave=False, mininterval=0.5)
+
+
+def _svi(problem, y, guide, *, steps: int, seed: int, progress: bool, desc: str):
+    """Train ``guide`` with Trace_ELBO + Adam; return ``(loss trace, seconds)``."""
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.optim import Adam
+
+    svi = SVI(problem.model, guide, Adam({"lr": LR}), Trace_ELBO())
+    losses: list[float] = []
+    start = time.perf_counter()
+    with _bar(steps, desc, progress) as bar:
+        for step in range(steps):
+            try:
+                loss = svi.step(y=y)
+            except (ValueError, RuntimeError) as exc:
+                # NaN parameters surface as distribution validation errors in Pyro
+                msg = str(exc).splitlines()[0][:160]
+                raise NonFiniteLoss(f"{desc}: step {step} failed: {msg}") from exc
+            losses.append(float(loss))
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(f"{desc}: loss is {loss} at step {step}")
+            bar.update()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.4g}")
+    return losses, time.perf_counter() - start
+
+
+def _autoguide_method(make_guide: Callable[[Callable], Any], label: str):
+    def fit(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
+        with float64():
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            guide = make_guide(problem.model)
+            failed = None
+            try:
+                losses, wall = _svi(
+                    problem, y, guide, steps=steps, seed=seed, progress=progress, desc=label
+                )
+            except NonFiniteLoss as exc:
+                failed, losses, wall = str(exc), [], float("nan")
+            draws = (
+                {}
+                if failed
+                else sample_guide(guide, problem.param_names, num_draws, problem.param_shapes, y=y)
+            )
+        return MethodResult(
+            draws=draws,
+            wall_time_s=wall,
+            seconds_per_step=wall / steps,
+            loss=losses,
+            guide=guide,
+            failed=failed,
+        )
+
+    fit.__doc__ = f"Fit Pyro's {label} with Trace_ELBO and Adam(lr={LR})."
+    return fit
+
+
+def _auto_normal(model):
+    from pyro.infer.autoguide import AutoNormal
+
+    return AutoNormal(model)
+
+
+def _auto_mvn(model):
+    from pyro.infer.autoguide import AutoMultivariateNormal
+
+    return AutoMultivariateNormal(model)
+
+
+def _auto_iaf(model):
+    from pyro.infer.autoguide import AutoIAFNormal
+
+    return AutoIAFNormal(model, num_transforms=2)
+
+
+def _auto_spline(model):
+    from pyro.distributions.transforms import spline_autoregressive
+    from pyro.infer.autoguide import AutoNormalizingFlow
+
+    # AutoNormalizingFlow calls the factory with the latent dimension once it is known.
+    return AutoNormalizingFlow(model, functools.partial(spline_autoregressive, count_bins=8))
+
+
+def reference_options(name: str) -> dict[str, Any]:
+    """``target_accept`` / ``compile_mode`` the shipped reference of ``name`` was built with."""
+    try:
+        from pyro_kr.problems.references import SETTINGS
+    except ImportError:
+        return {}
+    chosen = SETTINGS.get(name, {})
+    return {k: chosen[k] for k in ("target_accept", "compile_mode") if k in chosen}
+
+
+def _nuts(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
+    """Time a fresh PyMC NUTS posterior (2 chains, 1000 tuning steps each, no cache)."""
+    from pyro_kr import reference
+
+    chains, tune = 2, 1000
+    draws = max(math.ceil(num_draws / chains), 100)
+    options = reference_options(problem.name)
+    idata = reference.nuts(
+        problem,
+        y,
+        draws=draws,
+        chains=chains,
+        tune=tune,
+        seed=seed,
+        cache=False,
+        **options,
+        rhat_max=math.inf,
+        min_ess=0,
+        progressbar=progress,
+    )
+    s = reference.summary(idata)
+    out = reference.to_draws(idata, problem.param_names)
+    out = {k: v[:num_draws] for k, v in out.items()}
+    wall = float(s["wall_time_s"])
+    return MethodResult(
+        draws=out,
+        wall_time_s=wall,
+        seconds_per_step=wall / (chains * (draws + tune)),
+        loss=[],
+        extra={
+            "max_rhat": s["max_rhat"],
+            "min_ess_bulk": s["min_ess_bulk"],
+            "ess_per_s": s["ess_per_s"],
+        },
+    )
+
+
+def _autokr_method(map_kind: str):
+    def fit(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
+        import pyro_kr
+
+        with float64():
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            guide = pyro_kr.AutoKR(problem.model, map=map_kind)
+            schedule = pyro_kr.Annealing(
+                eps=(1.0, 1e-3), lam=(1.0, 1e4), steps=max(int(0.7 * steps), 1)
+            )
+            loss = pyro_kr.TransportELBO(schedule, num_particles=8)
+            failed = None
+            start = time.perf_counter()
+            try:
+                history = pyro_kr.fit(
+                    problem.model, guide, y=y, loss=loss, steps=steps, lr=LR, progress=progress
+                )
+                losses = [float(v) for v in history.loss]
+            except Exception as exc:  # NonFiniteLossError and friends: count as a failure
+                if type(exc).__name__ != "NonFiniteLossError":
+                    raise
+                failed, losses = str(exc), []
+            wall = time.perf_counter() - start
+            draws = (
+                {}
+                if failed
+                else sample_guide(guide, problem.param_names, num_draws, problem.param_shapes, y=y)
+            )
+        return MethodResult(
+            draws=draws,
+            wall_time_s=wall,
+            seconds_per_step=wall / steps,
+            loss=losses,
+            guide=guide,
+            failed=failed,
+        )
+
+    fit.__doc__ = f"Fit pyro_kr.AutoKR(map={map_kind!r}) with annealed TransportELBO."
+    return fit
+
+
+_REGISTRY: dict[str, Callable] = {
+    "auto_normal": _autoguide_method(_auto_normal, "AutoNormal"),
+    "auto_mvn": _autoguide_method(_auto_mvn, "AutoMultivariateNormal"),
+    "auto_iaf": _autoguide_method(_auto_iaf, "AutoIAFNormal"),
+    "auto_spline": _autoguide_method(_auto_spline, "AutoNormalizingFlow(spline)"),
+    "nuts": _nuts,
+}
+_AUTOKR: dict[str, Callable] = {
+    "autokr_monotone": _autokr_method("monotone"),
+    "autokr_affine": _autokr_method("affine"),
+}
+DEFAULT = ("auto_normal", "auto_mvn", "autokr_affine", "autokr_monotone")
+"""Methods ``pyro-kr bench`` runs when ``--methods`` is not given (those available)."""
+
+
+def _has_autokr() -> bool:
+    import pyro_kr
+
+    return all(hasattr(pyro_kr, n) for n in ("AutoKR", "TransportELBO", "Annealing", "fit"))
+
+
+def names() -> list[str]:
+    """Return the available method names (``autokr_*`` only when ``pyro_kr.AutoKR`` exists).
+
+    Example:
+        >>> from pyro_kr.bench import methods
+        >>> methods.names()[:2]
+        ['auto_normal', 'auto_mvn']
+    """
+    out = list(_REGISTRY)
+    if _has_autokr():
+        out += list(_AUTOKR)
+    return out
+
+
+def default_names() -> list[str]:
+    """Return the methods run by default: :data:`DEFAULT` restricted to :func:`names`."""
+    available = names()
+    return [m for m in DEFAULT if m in available]
+
+
+def get(name: str) -> Callable:
+    """Return the method ``name``'s fit function.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the valid ones.
+
+    Example:
+        >>> from pyro_kr.bench import methods
+        >>> callable(methods.get("auto_normal"))
+        True
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"method name must be a str, got {type(name).__name__}")
+    available = names()
+    if name not in available:
+        raise ValueError(f"unknown method {name!r}; valid names: {', '.join(available)}")
+    return _REGISTRY.get(name) or _AUTOKR[name]

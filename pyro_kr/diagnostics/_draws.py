@@ -1,0 +1,347 @@
+"""Draw from a guide and score every draw under the model: the raw material of diagnostics.
+
+For ``N`` draws ``z_s ~ q`` we record the constrained latent values, the importance log
+weights ``log p(x, z_s) - log q(z_s)``, the pointwise log likelihood of every observed site and
+the site layout (shapes, plate dims). Two strategies:
+
+* vectorized (default): the guide and the replayed model run once inside an outer
+  ``pyro.plate`` of size ``N`` placed left of every model plate (as Pyro's
+  ``Trace_ELBO(vectorize_particles=True)`` does); then the model's log joint of the first and
+  last draws is recomputed without the plate, and a mismatch (a model that does not broadcast)
+  falls back to
+* a loop over draws: ``N`` pairs of ``poutine.trace(guide)`` and
+  ``poutine.trace(poutine.replay(model, guide_trace))``; slower, works for any model.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
+
+from pyro_kr._validation import check_dim
+
+_DRAWS_PLATE = "_pyro_kr_draws"
+
+
+@dataclass(frozen=True, eq=False)
+class GuideDraws:
+    """Guide draws scored under the model (all tensors detached, on the model's device).
+
+    Attributes:
+        latent: ``name -> (N, *site shape)`` constrained latent values, in model order.
+        log_joint: ``(N,)`` ``log p(x, z_s)`` (scaled and masked as the model says).
+        log_q: ``(N,)`` ``log q(z_s)`` of the guide (auxiliary sites included).
+        log_likelihood: ``name -> (N, *batch shape)`` pointwise unscaled log likelihood of each
+            observed site.
+        observed: ``name -> value`` of the observed sites.
+        dims: ``name -> dim names`` of each latent and observed value (plate names where a
+            plate indexes the dim, else ``"{name}_dim_{k}"``).
+        log_likelihood_dims: ``name -> dim names`` of each pointwise log likelihood.
+        coords: ``plate name -> list of indices``.
+        vectorized: whether the draws were computed in one vectorized pass.
+        plate_depth: the model's plate nesting depth (the draws plate sits left of it).
+        batch_ndims: ``name -> number of batch dims`` of each latent and observed site.
+    """
+
+    latent: dict[str, torch.Tensor]
+    log_joint: torch.Tensor
+    log_q: torch.Tensor
+    log_likelihood: dict[str, torch.Tensor]
+    observed: dict[str, torch.Tensor]
+    dims: dict[str, list[str]]
+    log_likelihood_dims: dict[str, list[str]]
+    coords: dict[str, list[int]] = field(default_factory=dict)
+    vectorized: bool = True
+    plate_depth: int = 0
+    batch_ndims: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def log_weight(self) -> torch.Tensor:
+        """``(N,)`` importance log weights ``log p(x, z) - log q(z)``."""
+        return self.log_joint - self.log_q
+
+
+def _sample_sites(trace) -> list[dict]:
+    return [s for s in trace.nodes.values() if s["type"] == "sample"]
+
+
+def _site_dims(site: dict) -> tuple[list[str], int, dict[str, list[int]]]:
+    """Dim names of a site's value, its number of batch dims, and plate coordinates."""
+    value_ndim = site["value"].dim()
+    batch_ndim = len(site["fn"].batch_shape)
+    frames = {f.dim: f for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None}
+    names, coords = [], {}
+    for k in range(value_ndim):
+        frame = frames.get(k - batch_ndim) if k < batch_ndim else None
+        if frame is not None and site["value"].shape[k] == frame.size:
+            names.append(frame.name)
+            coords[frame.name] = list(range(frame.size))
+        else:
+            names.append(f"{site['name']}_dim_{k}")
+    return names, batch_ndim, coords
+
+
+def _prototype(guide: Callable, model: Callable, args: tuple, kwargs: dict):
+    guide_tr = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
+    model_tr = prune_subsample_sites(
+        poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    )
+    return guide_tr, model_tr
+
+
+def _max_plate_nesting(*traces) -> int:
+    depth = 0
+    for trace in traces:
+        for site in _sample_sites(trace):
+            dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None]
+            depth = max(depth, len(site["fn"].batch_shape), *dims)
+    return depth
+
+
+def _per_draw(log_prob: torch.Tensor | float, n: int, depth: int) -> torch.Tensor:
+    """Reduce a vectorized site log-prob to shape ``(n,)`` (draws at dim ``-(depth + 1)``)."""
+    lp = torch.as_tensor(log_prob)
+    if lp.dim() < depth + 1:
+        return lp.sum().expand(n)
+    k = lp.dim() - depth - 1
+    if math.prod(lp.shape[:k]) != 1 or lp.shape[k] not in (1, n):
+        raise ValueError(f"log-prob of shape {tuple(lp.shape)} does not broadcast over draws")
+    lp = lp.reshape(lp.shape[k:]).reshape(lp.shape[k], -1).sum(-1)
+    return lp.expand(n)
+
+
+def _reshape_draws(value: torch.Tensor, n: int, shape: torch.Size) -> torch.Tensor:
+    if value.numel() == n * math.prod(shape):
+        return value.reshape((n,) + tuple(shape))
+    if value.numel() == math.prod(shape):
+        return value.reshape(shape).expand((n,) + tuple(shape))
+    raise ValueError(f"value of shape {tuple(value.shape)} is not {n} draws of {tuple(shape)}")
+
+
+def _vectorized(guide, model, args, kwargs, n, depth, latent_names, obs_sites):
+    def vec(fn):
+        def wrapped(*a, **k):
+            with pyro.plate(_DRAWS_PLATE, n, dim=-depth - 1):
+                return fn(*a, **k)
+
+        return wrapped
+
+    guide_tr = prune_subsample_sites(poutine.trace(vec(guide)).get_trace(*args, **kwargs))
+    model_tr = prune_subsample_sites(
+        poutine.trace(poutine.replay(vec(model), trace=guide_tr)).get_trace(*args, **kwargs)
+    )
+    guide_tr.compute_log_prob()
+    model_tr.compute_log_prob()
+    log_q = sum(_per_draw(s["log_prob"], n, depth) for s in _sample_sites(guide_tr))
+    log_joint = sum(_per_draw(s["log_prob"], n, depth) for s in _sample_sites(model_tr))
+    latent = {
+        name: _reshape_draws(model_tr.nodes[name]["value"], n, shape)
+        for name, shape in latent_names.items()
+    }
+    loglik = {
+        name: _reshape_draws(model_tr.nodes[name]["unscaled_log_prob"], n, batch_shape)
+        for name, batch_shape in obs_sites.items()
+    }
+    return latent, log_joint, log_q, loglik
+
+
+def _model_log_joint(model, args, kwargs, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    tr = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    return tr.log_prob_sum()
+
+
+def _looped(guide, model, args, kwargs, n, latent_names, obs_sites):
+    latent = {name: [] for name in latent_names}
+    loglik = {name: [] for name in obs_sites}
+    log_joint, log_q = [], []
+    for _ in range(n):
+        guide_tr, model_tr = _prototype(guide, model, args, kwargs)
+        log_q.append(guide_tr.log_prob_sum())
+        log_joint.append(model_tr.log_prob_sum())
+        for name in latent_names:
+            latent[name].append(model_tr.nodes[name]["value"])
+        for name in obs_sites:
+            site = model_tr.nodes[name]
+            loglik[name].append(site["fn"].log_prob(site["value"]))
+    return (
+        {k: torch.stack(v) for k, v in latent.items()},
+        torch.stack(log_joint),
+        torch.stack(log_q),
+        {k: torch.stack(v) for k, v in loglik.items()},
+    )
+
+
+def draw_guide(
+    guide: Callable,
+    model: Callable,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    *,
+    num_samples: int = 4000,
+    seed: int = 0,
+    vectorize: bool | None = None,
+) -> GuideDraws:
+    """Draw ``num_samples`` times from ``guide`` and score each draw under ``model``.
+
+    Args:
+        guide: a Pyro guide (any autoguide, or a callable with the model's signature).
+        model: the Pyro model; ``args`` / ``kwargs`` are passed to both.
+        args: positional model arguments.
+        kwargs: keyword model arguments.
+        num_samples: number of draws ``N``.
+        seed: seed of the draws; the global torch RNG state is restored afterwards.
+        vectorize: ``True`` vectorized only (errors propagate), ``False`` loop only,
+            ``None`` vectorized with a fallback to the loop (with a warning).
+
+    Returns:
+        A :class:`GuideDraws`.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model():
+        ...     z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("x", dist.Normal(z, 1.0), obs=torch.tensor(0.5))
+        >>> d = draw_guide(AutoNormal(model), model, num_samples=100)
+        >>> d.latent["z"].shape, d.log_weight.shape
+        (torch.Size([100]), torch.Size([100]))
+    """
+    check_dim("num_samples", num_samples)
+    kwargs = {} if kwargs is None else dict(kwargs)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+        torch.manual_seed(seed)
+        guide_tr, model_tr = _prototype(guide, model, args, kwargs)
+        latent_sites = [
+            s for s in _sample_sites(model_tr)
+            if not s["is_observed"] and s["name"] in guide_tr.nodes
+            and not guide_tr.nodes[s["name"]]["infer"].get("is_auxiliary", False)
+        ]
+        obs = [s for s in _sample_sites(model_tr) if s["is_observed"]]
+        latent_names = {s["name"]: s["value"].shape for s in latent_sites}
+        obs_sites = {s["name"]: s["fn"].batch_shape for s in obs}
+        dims, ll_dims, coords, batch_ndims = {}, {}, {}, {}
+        for site in latent_sites + obs:
+            names, batch_ndim, site_coords = _site_dims(site)
+            dims[site["name"]] = names
+            batch_ndims[site["name"]] = batch_ndim
+            coords.update(site_coords)
+            if site["is_observed"]:
+                ll_dims[site["name"]] = names[:batch_ndim]
+        depth = _max_plate_nesting(guide_tr, model_tr)
+        result = None
+        if vectorize is not False:
+            try:
+                result = _vectorized(
+                    guide, model, args, kwargs, num_samples, depth, latent_names, obs_sites
+                )
+                _check_vectorized(model, args, kwargs, result, (0, num_samples - 1))
+            except Exception as error:  # noqa: BLE001 - any failure means: use the loop
+                if vectorize:
+                    raise
+                first_line = (str(error).splitlines() or [""])[0]
+                warnings.warn(
+                    f"vectorized draws failed ({type(error).__name__}: {first_line}); falling "
+                    f"back to a loop over {num_samples} draws",
+                    RuntimeWarning,
+                )
+                result = None
+        vectorized = result is not None
+        if result is None:
+            result = _looped(guide, model, args, kwargs, num_samples, latent_names, obs_sites)
+        latent, log_joint, log_q, loglik = result
+        observed = {s["name"]: s["value"].detach() for s in obs}
+    return GuideDraws(
+        latent={k: v.detach() for k, v in latent.items()},
+        log_joint=log_joint.detach(),
+        log_q=log_q.detach(),
+        log_likelihood={k: v.detach() for k, v in loglik.items()},
+        observed=observed,
+        dims=dims,
+        log_likelihood_dims=ll_dims,
+        coords=coords,
+        vectorized=vectorized,
+        plate_depth=depth,
+        batch_ndims=batch_ndims,
+    )
+
+
+def predictive_draws(
+    model: Callable, args: tuple, kwargs: dict | None, draws: GuideDraws, *, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Replicate the observed sites once per draw: ``name -> (N, *observed shape)``.
+
+    The model runs with its latent sites conditioned on the draws and its observed sites
+    unconditioned (``poutine.uncondition``), vectorized over draws when ``draws.vectorized``
+    (latent values are reshaped to ``(N, 1, ..., *site shape)`` so the draws dim sits left of
+    every plate, which ``pyro.infer.Predictive`` gets wrong for sites with event dims), else in
+    a loop.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model(x=None):
+        ...     z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> guide = AutoNormal(model)
+        >>> d = draw_guide(guide, model, (torch.tensor(0.5),), num_samples=10)
+        >>> predictive_draws(model, (torch.tensor(0.5),), {}, d)["x"].shape
+        torch.Size([10])
+    """
+    kwargs = {} if kwargs is None else dict(kwargs)
+    n = draws.log_weight.shape[0]
+    free = poutine.uncondition(model)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in draws.observed}
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+        torch.manual_seed(seed)
+        if draws.vectorized:
+            try:
+                return _vectorized_predictive(free, args, kwargs, draws, n)
+            except Exception as error:  # noqa: BLE001 - any failure means: use the loop
+                first_line = (str(error).splitlines() or [""])[0]
+                warnings.warn(
+                    f"vectorized posterior predictive failed ({type(error).__name__}: "
+                    f"{first_line}); falling back to a loop over {n} draws",
+                    RuntimeWarning,
+                )
+        for i in range(n):
+            data = {name: value[i] for name, value in draws.latent.items()}
+            tr = poutine.trace(poutine.condition(free, data=data)).get_trace(*args, **kwargs)
+            for name in out:
+                out[name].append(tr.nodes[name]["value"])
+    return {name: torch.stack(values) for name, values in out.items()}
+
+
+def _vectorized_predictive(free, args, kwargs, draws: GuideDraws, n: int):
+    depth = draws.plate_depth
+    data = {}
+    for name, value in draws.latent.items():
+        pad = (1,) * (depth - draws.batch_ndims[name])
+        data[name] = value.reshape((n,) + pad + tuple(value.shape[1:]))
+    with pyro.plate(_DRAWS_PLATE, n, dim=-depth - 1):
+        tr = poutine.trace(poutine.condition(free, data=data)).get_trace(*args, **kwargs)
+    return {
+        name: _reshape_draws(tr.nodes[name]["value"], n, draws.observed[name].shape)
+        for name in draws.observed
+    }
+
+
+def _check_vectorized(model, args, kwargs, result, indices) -> None:
+    latent, log_joint, _, _ = result
+    for i in indices:
+        expected = _model_log_joint(model, args, kwargs, {k: v[i] for k, v in latent.items()})
+        got = log_joint[i]
+        if not torch.isclose(got, expected.to(got), rtol=1e-4, atol=1e-3):
+            raise ValueError(
+                f"the vectorized log joint of draw {i} ({float(got):.6g}) differs from the "
+                f"unvectorized one ({float(expected):.6g}): the model does not broadcast over "
+                "an outer plate"
+            )

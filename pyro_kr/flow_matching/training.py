@@ -1,0 +1,283 @@
+"""The flow-matching training loop: couplings, regression on ``u1 - u0``, validation, checkpoints.
+
+Conventions shared with :func:`pyro_kr.fit`: a tqdm progress bar (``progress=False`` turns it
+off), a non-finite loss raises ``FloatingPointError`` naming the step after restoring the last
+parameters that gave a finite loss, and checkpoints are written atomically (temporary file +
+``os.replace``) so a resumed run continues from the saved step.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pyro_kr.flow_matching.couplings import PlanSampler, cot_plan, match_pairs
+from pyro_kr.flow_matching.ode import rk4_flow
+from pyro_kr.flow_matching.velocity import call_velocity
+
+__all__ = ["COUPLINGS", "FlowMatchingHistory", "TrainConfig", "train_flow_matching", "w2"]
+
+COUPLINGS = ("full", "minibatch", "independent")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of one flow-matching run (see :meth:`COTFlowMatching.fit` for their meaning)."""
+
+    steps: int = 20_000
+    eps: float = 1e-4
+    sigma: float = 1e-2
+    batch_size: int = 256
+    coupling: str = "full"
+    lr: float = 1e-3
+    seed: int = 0
+    validate_every: int = 1_000
+    validation_ode_steps: int = 20
+    checkpoint_every: int = 1_000
+
+    def resume_key(self) -> dict:
+        """The options a resumed run must share with the checkpoint."""
+        return {
+            "eps": self.eps,
+            "sigma": self.sigma,
+            "batch_size": self.batch_size,
+            "coupling": self.coupling,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class FlowMatchingHistory:
+    """Per-step losses, validation W2 (``(step, w2)`` pairs), best step and timings."""
+
+    loss: list[float] = field(default_factory=list)
+    val_w2: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_w2: float = float("inf")
+    train_seconds: float = 0.0
+    coupling_seconds: float = 0.0
+
+
+def w2(x: torch.Tensor, z: torch.Tensor) -> float:
+    """Return the 2-Wasserstein distance ``sqrt(ot.emd2)`` between two equal-weight samples.
+
+    Args:
+        x: shape ``(n, d)``.
+        z: shape ``(m, d)``.
+
+    Example:
+        >>> w2(torch.zeros(3, 2), torch.ones(3, 2))
+        1.4142135623730951
+    """
+    import ot
+
+    x = x.detach().to(torch.float64)
+    z = z.detach().to(torch.float64)
+    a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64)
+    b = torch.full((z.shape[0],), 1.0 / z.shape[0], dtype=torch.float64)
+    cost = torch.cdist(x, z).square()
+    return float(ot.emd2(a, b, cost, numItermax=1_000_000)) ** 0.5
+
+
+def _atomic_save(obj: dict, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class _Batches:
+    """Draws coupled minibatches ``(y0, u0, y1, u1)`` for one coupling strategy."""
+
+    def __init__(self, u, y, y_source, config: TrainConfig, gen: torch.Generator, state=None):
+        self.u, self.y, self.y_source = u, y, y_source
+        self.config, self.gen = config, gen
+        self.sampler: PlanSampler | None = None
+        self.u0_full: torch.Tensor | None = None
+        if config.coupling == "full":
+            if state is not None:
+                self.u0_full = state["u0"].to(u)
+                self.sampler = PlanSampler.from_support(
+                    state["rows"], state["cols"], state["weights"], state["shape"]
+                )
+            else:
+                n = y_source.shape[0]
+                self.u0_full = torch.randn(n, u.shape[1], generator=gen).to(u)
+                plan = cot_plan(y_source, self.u0_full, y, u, eps=config.eps)
+                self.sampler = PlanSampler(plan)
+                del plan
+
+    def state(self) -> dict | None:
+        if self.sampler is None:
+            return None
+        s = self.sampler
+        return {
+            "u0": self.u0_full,
+            "rows": s.rows,
+            "cols": s.cols,
+            "weights": s.weights,
+            "shape": s.shape,
+        }
+
+    def __call__(self):
+        cfg, gen = self.config, self.gen
+        if cfg.coupling == "full":
+            i, j = self.sampler.sample(cfg.batch_size, generator=gen)
+            return self.y_source[i], self.u0_full[i], self.y[j], self.u[j]
+        n, m = self.y.shape[0], self.y_source.shape[0]
+        j = torch.randint(n, (cfg.batch_size,), generator=gen)
+        u0 = torch.randn(cfg.batch_size, self.u.shape[1], generator=gen).to(self.u)
+        y1, u1 = self.y[j], self.u[j]
+        if cfg.coupling == "independent":
+            # conditional FM without OT (the "FM" ablation): each pair keeps its own y and
+            # gets independent noise, u0 independent of u1
+            return y1, u0, y1, u1
+        y0 = self.y_source[torch.randint(m, (cfg.batch_size,), generator=gen)]
+        rows, cols = match_pairs(cot_plan(y0, u0, y1, u1, eps=cfg.eps), generator=gen)
+        return y0[rows], u0[rows], y1[cols], u1[cols]
+
+
+def validation_w2(velocity: nn.Module, u_val, y_val, *, ode_steps: int, seed: int) -> float:
+    """Joint W2 between ``(y_val, u_val)`` and ``(y_val, flow samples given y_val)``."""
+    gen = torch.Generator().manual_seed(seed)
+    u0 = torch.randn(u_val.shape, generator=gen).to(u_val)
+    with torch.no_grad():
+        u1 = rk4_flow(velocity, u0, y_val, steps=ode_steps)
+    return w2(torch.cat([y_val, u1], -1), torch.cat([y_val, u_val], -1))
+
+
+def train_flow_matching(
+    velocity: nn.Module,
+    owner: nn.Module,
+    u: torch.Tensor,
+    y: torch.Tensor,
+    y_source: torch.Tensor,
+    config: TrainConfig,
+    *,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    extra_state: Callable[[], dict] | None = None,
+) -> FlowMatchingHistory:
+    """Regress ``velocity`` on ``u1 - u0`` along coupled straight paths (paper 004, eq. 10).
+
+    Per step: draw a coupled batch, ``t ~ U(0, 1)``, ``z_t = t z1 + (1 - t) z0 + sigma * noise``
+    on both blocks, loss ``mean |v(t, y_t, u_t) - (u1 - u0)|^2``, one Adam step.
+
+    Args:
+        velocity: the velocity module being trained (its parameters are optimised).
+        owner: module whose ``state_dict`` is checkpointed and whose best state is restored.
+        u: target parameters ``(n, dim_u)`` (already standardised).
+        y: target data ``(n, dim_y)``.
+        y_source: source data ``(m, dim_y)`` (same marginal as ``y``).
+        config: run options.
+        validation: optional held-out ``(u_val, y_val)``; the best-W2 state is kept.
+        progress: show a tqdm bar.
+        checkpoint: optional path; resumed from if it exists.
+        extra_state: optional callable returning more entries to store in the checkpoint.
+
+    Returns:
+        The run's :class:`FlowMatchingHistory`.
+    """
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(config.seed)
+    params = [p for p in velocity.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    history = FlowMatchingHistory()
+    best_state = None
+    start = 0
+    saved = None
+    if checkpoint is not None and os.path.exists(checkpoint):
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["config"] != config.resume_key():
+            raise ValueError(
+                f"checkpoint {os.fspath(checkpoint)!r} was written with {saved['config']}, "
+                f"but this run uses {config.resume_key()}; use another checkpoint path"
+            )
+        owner.load_state_dict(saved["owner"])
+        optimizer.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        history = saved["history"]
+        best_state = saved["best_state"]
+        start = saved["step"]
+    t_coupling = time.perf_counter()
+    batches = _Batches(u, y, y_source, config, gen, None if saved is None else saved["plan"])
+    if saved is None:
+        history.coupling_seconds = time.perf_counter() - t_coupling
+
+    def save(step: int) -> None:
+        state = {
+            "step": step,
+            "config": config.resume_key(),
+            "owner": owner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+            "best_state": best_state,
+            "plan": batches.state(),
+        }
+        if extra_state is not None:
+            state.update(extra_state())
+        _atomic_save(state, os.fspath(checkpoint))
+
+    def validate(step: int) -> None:
+        nonlocal best_state
+        value = validation_w2(
+            velocity, *validation, ode_steps=config.validation_ode_steps, seed=config.seed
+        )
+        history.val_w2.append((step, value))
+        if value < history.best_w2:
+            history.best_w2, history.best_step = value, step
+            best_state = copy.deepcopy(owner.state_dict())
+
+    last_good = [p.detach().clone() for p in params]
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="COT-FM")
+    began = time.perf_counter()
+    for step in range(start, config.steps):
+        y0, u0, y1, u1 = batches()
+        t = torch.rand(y0.shape[0], 1, generator=gen).to(u)
+        y_t = t * y1 + (1 - t) * y0 + config.sigma * torch.randn(y0.shape, generator=gen).to(u)
+        u_t = t * u1 + (1 - t) * u0 + config.sigma * torch.randn(u0.shape, generator=gen).to(u)
+        loss = (call_velocity(velocity, t.squeeze(-1), y_t, u_t) - (u1 - u0)).square().mean()
+        if not bool(torch.isfinite(loss)):
+            with torch.no_grad():
+                for p, good in zip(params, last_good, strict=True):
+                    p.copy_(good)
+            bar.close()
+            raise FloatingPointError(
+                f"flow-matching loss is {loss.item()} at step {step}; the last parameters with a "
+                "finite loss were restored (lower lr, or check the data for extreme values)"
+            )
+        last_good = [p.detach().clone() for p in params]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.loss.append(float(loss.detach()))
+        done = step + 1
+        if validation is not None and (done % config.validate_every == 0 or done == config.steps):
+            validate(done)
+        if checkpoint is not None and (
+            done % config.checkpoint_every == 0 or done == config.steps
+        ):
+            history.train_seconds += time.perf_counter() - began
+            began = time.perf_counter()
+            save(done)
+        if done % 50 == 0 or done == config.steps:
+            postfix = {"loss": f"{history.loss[-1]:.4f}"}
+            if history.val_w2:
+                postfix["val_w2"] = f"{history.val_w2[-1][1]:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+    bar.close()
+    history.train_seconds += time.perf_counter() - began
+    if best_state is not None:
+        owner.load_state_dict(best_state)
+    return history

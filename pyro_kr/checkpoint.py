@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from pyro_kr._atomic import atomic_path
 
 __all__ = ["atomic_save", "get_rng_state", "load_checkpoint", "set_rng_state"]
 
@@ -18,17 +18,8 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
 
     An interrupted save leaves the previous checkpoint intact, never a half-written file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

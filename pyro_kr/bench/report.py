@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pyro_kr._atomic import atomic_path
 
 
 def fmt(value: Any, sd: Any = None) -> str:
@@ -81,14 +82,8 @@ def _plots(results, out: Path, reference: dict[str, np.ndarray] | None) -> list[
     made: list[tuple[str, str]] = []
 
     def save(fig, filename: str, title: str) -> None:
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=filename + ".", suffix=".tmp.png")
-        os.close(fd)
-        try:
+        with atomic_path(out / filename, suffix=".tmp.png") as tmp:
             fig.savefig(tmp, dpi=90)
-            os.replace(tmp, out / filename)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         made.append((title, filename))
 
     methods = list(results["methods"])
@@ -171,13 +166,6 @@ def write_report(
         for title, filename in _plots(results, out, reference):
             lines += [f"## {title}", "", f"![{title}]({filename})", ""]
     path = out / "report.md"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix="report.md.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))
     return path

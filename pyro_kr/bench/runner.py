@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pyro_kr._atomic import atomic_path
 from pyro_kr._validation import check_dim
 from pyro_kr.bench import methods as methods_registry
 
@@ -68,30 +69,16 @@ class BenchConfig:
 def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
     """Write ``data`` as JSON through a temporary file and ``os.replace`` (never half a file)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(_jsonable(data), f, indent=2, allow_nan=True)
     return path
 
 
 def save_npz_atomic(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     """Save arrays as a compressed ``.npz`` through a temporary file and ``os.replace``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
         np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

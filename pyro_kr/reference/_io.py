@@ -8,12 +8,13 @@ Functions: atomic netCDF write, strict netCDF read, ``from_dict`` and the conver
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pyro_kr._atomic import atomic_path
 
 
 def _az():
@@ -105,16 +106,8 @@ def write_netcdf_atomic(idata, path: str | os.PathLike) -> Path:
     half-written ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         idata.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -19,8 +19,9 @@ from pyro_kr.flow_matching.couplings import (
 from pyro_kr.flow_matching.ode import divergence, flow_log_prob, rk4_flow
 from pyro_kr.flow_matching.posterior import FlowPosterior
 from pyro_kr.flow_matching.simulate import ModelSimulator
-from pyro_kr.flow_matching.training import FlowMatchingHistory, TrainConfig, w2
+from pyro_kr.flow_matching.training import FlowMatchingHistory, TrainConfig
 from pyro_kr.flow_matching.velocity import TriangularVelocity, VelocityMLP, call_velocity
+from pyro_kr.metrics import w2
 
 __all__ = [
     "COTFlowMatching",

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pyro_kr.checkpoint import atomic_save, load_checkpoint
 from pyro_kr.flow_matching.couplings import PlanSampler, cot_plan, match_pairs
 from pyro_kr.flow_matching.ode import rk4_flow
 from pyro_kr.flow_matching.velocity import call_velocity
+from pyro_kr.metrics import w2
 
 __all__ = ["COUPLINGS", "FlowMatchingHistory", "TrainConfig", "train_flow_matching", "w2"]
 
@@ -62,33 +64,6 @@ class FlowMatchingHistory:
     best_w2: float = float("inf")
     train_seconds: float = 0.0
     coupling_seconds: float = 0.0
-
-
-def w2(x: torch.Tensor, z: torch.Tensor) -> float:
-    """Return the 2-Wasserstein distance ``sqrt(ot.emd2)`` between two equal-weight samples.
-
-    Args:
-        x: shape ``(n, d)``.
-        z: shape ``(m, d)``.
-
-    Example:
-        >>> w2(torch.zeros(3, 2), torch.ones(3, 2))
-        1.4142135623730951
-    """
-    import ot
-
-    x = x.detach().to(torch.float64)
-    z = z.detach().to(torch.float64)
-    a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64)
-    b = torch.full((z.shape[0],), 1.0 / z.shape[0], dtype=torch.float64)
-    cost = torch.cdist(x, z).square()
-    return float(ot.emd2(a, b, cost, numItermax=1_000_000)) ** 0.5
-
-
-def _atomic_save(obj: dict, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class _Batches:
@@ -148,6 +123,8 @@ def validation_w2(velocity: nn.Module, u_val, y_val, *, ode_steps: int, seed: in
     u0 = torch.randn(u_val.shape, generator=gen).to(u_val)
     with torch.no_grad():
         u1 = rk4_flow(velocity, u0, y_val, steps=ode_steps)
+    if not bool(torch.isfinite(u1).all()):
+        return float("inf")  # a flow that blows up on validation data is never the best model
     return w2(torch.cat([y_val, u1], -1), torch.cat([y_val, u_val], -1))
 
 
@@ -194,7 +171,7 @@ def train_flow_matching(
     start = 0
     saved = None
     if checkpoint is not None and os.path.exists(checkpoint):
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = load_checkpoint(checkpoint)
         if saved["config"] != config.resume_key():
             raise ValueError(
                 f"checkpoint {os.fspath(checkpoint)!r} was written with {saved['config']}, "
@@ -226,7 +203,7 @@ def train_flow_matching(
         }
         if extra_state is not None:
             state.update(extra_state())
-        _atomic_save(state, os.fspath(checkpoint))
+        atomic_save(state, os.fspath(checkpoint))
 
     def validate(step: int) -> None:
         nonlocal best_state

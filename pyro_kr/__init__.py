@@ -7,6 +7,7 @@ POT, matplotlib) are imported inside the modules that need them.
 from __future__ import annotations
 
 from pyro_kr import transforms
+from pyro_kr.amortized import AmortizedKR, fit_amortized
 from pyro_kr.fit import History, NonFiniteLossError, fit
 from pyro_kr.guides import AutoKR
 from pyro_kr.objective import Annealing, TransportELBO
@@ -21,12 +22,14 @@ from pyro_kr.transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmortizedKR",
     "Annealing",
     "AutoKR",
     "History",
     "NonFiniteLossError",
     "TransportELBO",
     "fit",
+    "fit_amortized",
     "ConditionalMonotoneTriangular",
     "ConditionalTriangularAffine",
     "MonotoneTriangular",

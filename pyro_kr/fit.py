@@ -71,6 +71,16 @@ def _restore(snapshot: dict[str, torch.Tensor], *, strict: bool = False) -> None
             f"checkpoint has parameters {missing} that the model and guide do not create; "
             "was it written by a different model or guide?"
         )
+    mismatched = [
+        f"{name}: checkpoint {tuple(snapshot[name].shape)}, now {tuple(p.shape)}"
+        for name, p in params.items()
+        if name in snapshot and snapshot[name].shape != p.shape
+    ]
+    if strict and mismatched:
+        raise RuntimeError(
+            f"checkpoint parameters have other shapes than the model and guide create "
+            f"({'; '.join(mismatched)}); was it written by a different model or guide?"
+        )
     with torch.no_grad():
         for name, p in params.items():
             if name in snapshot:

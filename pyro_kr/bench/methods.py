@@ -5,7 +5,9 @@ Each method is a function ``fit(problem, y, *, steps, seed, num_draws, progress)
 loss trace, and the trained guide for PSIS). Entries: Pyro's ``AutoNormal``,
 ``AutoMultivariateNormal``, ``AutoIAFNormal``, ``AutoNormalizingFlow`` with
 ``spline_autoregressive``, ``nuts`` (time to a fresh PyMC NUTS posterior) and, when
-:class:`pyro_kr.AutoKR` is available, ``autokr_monotone`` / ``autokr_affine``.
+:class:`pyro_kr.AutoKR` is available, ``autokr_monotone`` / ``autokr_affine`` (annealed
+:class:`~pyro_kr.TransportELBO`) and ``autokr_monotone_elbo`` / ``autokr_affine_elbo`` (the
+same guides trained with the plain ELBO, same particles and steps).
 
 Example:
     >>> from pyro_kr.bench import methods
@@ -237,7 +239,14 @@ def _nuts(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool =
     )
 
 
-def _autokr_method(map_kind: str):
+AUTOKR_PARTICLES = 8
+"""Particles per step of the ``autokr_*`` methods (annealed and plain ELBO alike)."""
+
+AUTOKR_RAMP = 0.7
+"""Fraction of the step budget over which ``autokr_*`` anneal ``(eps, lam)`` (then hold)."""
+
+
+def _autokr_method(map_kind: str, annealed: bool = True):
     def fit(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
         import pyro_kr
 
@@ -245,10 +254,11 @@ def _autokr_method(map_kind: str):
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
             guide = pyro_kr.AutoKR(problem.model, map=map_kind)
-            schedule = pyro_kr.Annealing(
-                eps=(1.0, 1e-3), lam=(1.0, 1e4), steps=max(int(0.7 * steps), 1)
+            # default (eps, lam) ramps: pyro_kr.objective.schedules.DEFAULT_EPS / DEFAULT_LAM
+            schedule = (
+                pyro_kr.Annealing(steps=max(int(AUTOKR_RAMP * steps), 1)) if annealed else None
             )
-            loss = pyro_kr.TransportELBO(schedule, num_particles=8)
+            loss = pyro_kr.TransportELBO(schedule, num_particles=AUTOKR_PARTICLES)
             failed = None
             start = time.perf_counter()
             try:
@@ -275,7 +285,8 @@ def _autokr_method(map_kind: str):
             failed=failed,
         )
 
-    fit.__doc__ = f"Fit pyro_kr.AutoKR(map={map_kind!r}) with annealed TransportELBO."
+    objective = "annealed TransportELBO" if annealed else "plain ELBO (TransportELBO(None))"
+    fit.__doc__ = f"Fit pyro_kr.AutoKR(map={map_kind!r}) with {objective}."
     return fit
 
 
@@ -289,6 +300,8 @@ _REGISTRY: dict[str, Callable] = {
 _AUTOKR: dict[str, Callable] = {
     "autokr_monotone": _autokr_method("monotone"),
     "autokr_affine": _autokr_method("affine"),
+    "autokr_monotone_elbo": _autokr_method("monotone", annealed=False),
+    "autokr_affine_elbo": _autokr_method("affine", annealed=False),
 }
 DEFAULT = ("auto_normal", "auto_mvn", "autokr_affine", "autokr_monotone")
 """Methods ``pyro-kr bench`` runs when ``--methods`` is not given (those available)."""

@@ -4,6 +4,9 @@
   importance log weights, pointwise log likelihood, observed data, posterior predictive).
 - :func:`psis`: Pareto-smoothed importance sampling (k-hat, ESS, reweighted draws).
 - :mod:`pyro_kr.diagnostics.plots`: pair plots, marginals, loss traces, metric bar charts.
+- :func:`sbc` and :func:`coverage`: calibration of amortized guides (simulation-based
+  calibration ranks with a uniformity test; expected coverage of credible regions), plotted by
+  :func:`sbc_plot` and :func:`coverage_plot`.
 
 ArviZ and matplotlib are imported only when these functions run (every ArviZ call lives in
 ``pyro_kr/diagnostics/_arviz.py``).
@@ -25,16 +28,24 @@ from __future__ import annotations
 
 from pyro_kr.diagnostics import plots
 from pyro_kr.diagnostics._draws import GuideDraws, draw_guide
+from pyro_kr.diagnostics.calibration import CoverageResult, SBCResult, coverage, sbc
+from pyro_kr.diagnostics.calibration_plots import coverage_plot, sbc_plot
 from pyro_kr.diagnostics.inference_data import to_inference_data
 from pyro_kr.diagnostics.psis import KHAT_GOOD, KHAT_OK, PSISResult, psis
 
 __all__ = [
     "KHAT_GOOD",
     "KHAT_OK",
+    "CoverageResult",
     "GuideDraws",
     "PSISResult",
+    "SBCResult",
+    "coverage",
+    "coverage_plot",
     "draw_guide",
     "plots",
     "psis",
+    "sbc",
+    "sbc_plot",
     "to_inference_data",
 ]

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.distributions.torch_transform import ComposeTransformModule
-from pyro.distributions.transforms import biject_to
-from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 
+from pyro_kr.guides.packing import PackedKRGuide
 from pyro_kr.guides.queries import KRQueries
 from pyro_kr.transforms import MonotoneTriangular, TriangularAffine
 
@@ -22,19 +19,7 @@ __all__ = ["AutoKR"]
 _MAPS = ("monotone", "affine")
 
 
-def _discrete_latents(trace) -> list[str]:
-    return [
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not site["infer"].get("_do_not_trace")
-        and not getattr(site["fn"], "_subsample", False)
-        and getattr(getattr(site["fn"], "support", None), "is_discrete", False)
-    ]
-
-
-class AutoKR(KRQueries, AutoContinuous):
+class AutoKR(KRQueries, PackedKRGuide):
     """Knothe-Rosenblatt autoguide: ``q = T#N(0, I)`` with ``T`` monotone lower-triangular.
 
     All latent sites are packed (in the KR ``order``) into one unconstrained vector, as in
@@ -96,47 +81,15 @@ class AutoKR(KRQueries, AutoContinuous):
                 "they configure map='monotone'"
             )
         self._map_kind = map
-        self._order = list(order) if order is not None else None
         self._init_scale = float(init_scale)
         self._depth = depth
         self._map_options = map_options
-        super().__init__(model, init_loc_fn=init_loc_fn)
+        super().__init__(model, order=order, init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs) -> None:
-        with poutine.block():
-            probe = poutine.trace(self.model).get_trace(*args, **kwargs)
-        discrete = _discrete_latents(probe)
-        if discrete:
-            raise ValueError(
-                f"AutoKR supports continuous latent sites only; {discrete} are discrete. "
-                "Enumerate them out (decorate the model with @pyro.infer.config_enumerate, "
-                "train with TraceEnum_ELBO and hide them from the guide with "
-                "poutine.block(model, hide=[...])), or marginalize them in the model."
-            )
-        super()._setup_prototype(*args, **kwargs)
-        self._apply_order()
+        self._setup_packing(*args, **kwargs)
         loc = self._init_loc()
         self.transform = self._build_map(loc)
-
-    def _apply_order(self) -> None:
-        nodes = self.prototype_trace.nodes
-        latent = [name for name, _ in self.prototype_trace.iter_stochastic_nodes()]
-        if self._order is None:
-            self.order = latent
-            return
-        unknown = [name for name in self._order if name not in latent]
-        if unknown or len(set(self._order)) != len(self._order):
-            raise ValueError(
-                f"order must list distinct latent sites of the model; unknown or repeated: "
-                f"{unknown or self._order}; latent sites are {latent}"
-            )
-        self.order = self._order + [name for name in latent if name not in self._order]
-        reordered = OrderedDict((name, nodes[name]) for name in self.order)
-        for name, site in nodes.items():
-            if name not in reordered:
-                reordered[name] = site
-        self.prototype_trace.nodes = reordered
-        self._unconstrained_shapes = {n: self._unconstrained_shapes[n] for n in self.order}
 
     def _build_map(self, loc: torch.Tensor) -> ComposeTransformModule:
         d = self.latent_dim
@@ -166,22 +119,6 @@ class AutoKR(KRQueries, AutoContinuous):
         # pyro.get_param_store().load(...) / set_state(...) take effect, as for AutoNormal.
         pyro.module(self._pyro_get_fullname("transform"), transform, update_module_params=True)
         return transform
-
-    def site_slices(self) -> OrderedDict[str, slice]:
-        """Position of every site's unconstrained block in the packed (KR-ordered) vector."""
-        out, pos = OrderedDict(), 0
-        for name, shape in self._unconstrained_shapes.items():
-            size = int(torch.Size(shape).numel())
-            out[name] = slice(pos, pos + size)
-            pos += size
-        return out
-
-    def _constrain(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unpack a batch of packed latents ``(n, d)`` into constrained site values."""
-        return {
-            site["name"]: biject_to(site["fn"].support)(value)
-            for site, value in self._unpack_latent(latent)
-        }
 
     @torch.no_grad()
     def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, torch.Tensor]:

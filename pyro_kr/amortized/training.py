@@ -1,0 +1,288 @@
+"""``fit_amortized``: train an :class:`AmortizedKR` by reverse or forward KL.
+
+Both modes run through :func:`pyro_kr.fit` (progress bar, NaN handling, exact
+checkpoint/resume), each as an ``SVI`` step on a small model/guide pair:
+
+* ``mode="reverse"``: the amortized ELBO ``E_{y ~ p(y)} E_{q(u|y)}[log p(u, y) - log q(u|y)]``
+  plus the ``c_eps`` transport cost with annealing (:class:`~pyro_kr.TransportELBO`). The pair's
+  guide draws a fresh batch of ``y`` from the prior predictive every step and passes it to the
+  model as a ``Delta`` site, so the simulation budget is unbounded; needs the likelihood.
+* ``mode="forward"``: maximum likelihood of ``num_simulations`` simulated pairs ``(u, y)``
+  under ``q(u | y)`` (through the inverse map), with a validation split and early stopping;
+  needs only the simulator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.optim import PyroOptim
+
+from pyro_kr._validation import check_dim
+from pyro_kr.amortized.guide import AmortizedKR
+from pyro_kr.amortized.simulate import simulate_pairs
+from pyro_kr.fit import History, _restore, _snapshot, fit
+from pyro_kr.objective import Annealing, TransportELBO
+
+__all__ = ["AmortizedHistory", "fit_amortized"]
+
+_BATCH_PLATE = "_pyro_kr_amortized_batch"
+_MODES = ("reverse", "forward")
+
+
+@dataclass
+class AmortizedHistory(History):
+    """:class:`~pyro_kr.History` plus the validation record of ``mode="forward"``.
+
+    ``loss`` is the per-step training loss: for ``"reverse"`` the negative amortized ELBO plus
+    ``cost / lam`` summed over the batch, for ``"forward"`` the mean negative log density of
+    the batch. ``val_step``/``val_loss`` hold the validation checks (forward mode), ``best_step``
+    the step whose parameters were kept, ``stopped_early`` whether patience ran out.
+    """
+
+    mode: str = "reverse"
+    val_step: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_step: int | None = None
+    stopped_early: bool = False
+
+
+class _ReversePair:
+    """Model/guide pair whose ELBO is the amortized ELBO over a fresh batch of ``y``."""
+
+    def __init__(self, model: Callable, guide: AmortizedKR, batch_size: int) -> None:
+        self.user_model, self.amortized, self.batch_size = model, guide, batch_size
+        self._free = poutine.uncondition(model)
+
+    def _plate(self):
+        return pyro.plate(_BATCH_PLATE, self.batch_size, dim=-self.amortized.plate_depth - 1)
+
+    def guide(self, *args, **kwargs) -> None:
+        g, b = self.amortized, self.batch_size
+        sims = simulate_pairs(
+            self.user_model, args, kwargs, g.layout.shapes, b, depth=g.plate_depth
+        )
+        plates = g._create_plates(*args, **kwargs)
+        with self._plate():
+            g(*args, **{**kwargs, **sims})
+            for name in g.observed:
+                shape = tuple(g.layout.shapes[name])
+                event_dim = g.layout.event_dims[name]
+                pad = (1,) * (g.plate_depth - (len(shape) - event_dim))
+                value = sims[name].reshape((b,) + pad + shape)
+                frames = g.layout.frames[name]
+                with _EnterPlates(plates, frames):
+                    pyro.sample(name, dist.Delta(value, event_dim=event_dim))
+
+    def model(self, *args, **kwargs) -> None:
+        with self._plate():
+            self._free(*args, **kwargs)
+
+
+class _EnterPlates:
+    """Enter the guide's copies of the plates in ``frames`` (as ``AutoContinuous.forward``)."""
+
+    def __init__(self, plates: dict, frames) -> None:
+        self._plates = [plates[f.name] for f in frames if f.name in plates]
+
+    def __enter__(self):
+        for p in self._plates:
+            p.__enter__()
+
+    def __exit__(self, *exc):
+        for p in reversed(self._plates):
+            p.__exit__(*exc)
+
+
+class _ForwardLoss:
+    """``-mean log q(u_i | y_i)`` over a random minibatch of the training simulations."""
+
+    def __init__(self, guide: AmortizedKR, latent, data, batch_size: int) -> None:
+        self.guide, self.latent, self.data, self.batch_size = guide, latent, data, batch_size
+        self.last: dict[str, float] = {}
+
+    def nll(self, index: torch.Tensor, latent=None, data=None) -> torch.Tensor:
+        latent = self.latent if latent is None else latent
+        data = self.data if data is None else data
+        y = {k: v[index] for k, v in data.items()}
+        return -self.guide.log_prob(latent[index], y).mean()
+
+    def __call__(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        index = torch.randint(len(self.latent), (self.batch_size,), device=self.latent.device)
+        loss = self.nll(index)
+        value = float(loss.detach())
+        self.last = {"loss": value, "elbo": math.nan}
+        return loss
+
+
+def _noop(*args, **kwargs) -> None:
+    return None
+
+
+def _resolve_schedule(schedule, steps: int, mode: str):
+    if mode == "forward":
+        if schedule not in (None, "default"):
+            raise ValueError(
+                "mode='forward' is maximum likelihood and takes no schedule; got "
+                f"{schedule!r}"
+            )
+        return None
+    if schedule == "default":
+        return Annealing(steps=max(steps // 2, 1))
+    if schedule is not None and not isinstance(schedule, Annealing):
+        raise TypeError(
+            f"schedule must be a pyro_kr.Annealing, 'default' or None, got {schedule!r}"
+        )
+    return schedule
+
+
+def fit_amortized(
+    model: Callable,
+    guide: AmortizedKR,
+    *args,
+    mode: str,
+    steps: int = 1000,
+    batch_size: int = 128,
+    num_simulations: int | None = None,
+    schedule: Annealing | str | None = "default",
+    lr: float | None = None,
+    optim: PyroOptim | None = None,
+    validation_fraction: float = 0.1,
+    validate_every: int = 100,
+    patience: int = 10,
+    simulation_seed: int = 0,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+    **kwargs,
+) -> AmortizedHistory:
+    """Train an :class:`AmortizedKR` so that ``guide.posterior(y)`` approximates ``p(u | y)``.
+
+    Args:
+        model: the Pyro model; ``*args, **kwargs`` are its arguments other than the data.
+        guide: the :class:`AmortizedKR` to train.
+        mode: ``"reverse"`` (amortized ELBO + transport cost, fresh simulations every step;
+            needs the likelihood) or ``"forward"`` (maximum likelihood on ``num_simulations``
+            simulated pairs; needs only the simulator).
+        steps: optimizer steps (a resumed run continues up to this number).
+        batch_size: observations per step (reverse) or simulated pairs per step (forward).
+        num_simulations: simulation budget of ``mode="forward"`` (required there).
+        schedule: reverse mode's :class:`~pyro_kr.Annealing`; ``"default"`` anneals over the
+            first half of the steps, ``None`` is the plain amortized ELBO.
+        lr, optim: Adam learning rate (default 1e-2 as in :func:`pyro_kr.fit`) or an optimizer.
+        validation_fraction: share of the forward-mode simulations held out for validation.
+        validate_every: forward mode evaluates the validation loss every this many steps.
+        patience: forward mode stops after this many checks without improvement and keeps the
+            best parameters.
+        simulation_seed: seed of the forward-mode simulations and split (so a resumed run sees
+            the same data).
+        progress, checkpoint, checkpoint_every, callback: as in :func:`pyro_kr.fit`.
+
+    Returns:
+        An :class:`AmortizedHistory`.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (parameters restored, as in ``fit``).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(y=None):
+        ...     z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...     return pyro.sample("y", dist.Normal(z, 0.5).to_event(1), obs=y)
+        >>> pyro.clear_param_store()  # parameters live in the global param store
+        >>> guide = AmortizedKR(model, observed="y", map="affine")
+        >>> h = fit_amortized(model, guide, mode="reverse", steps=5, progress=False)
+        >>> h.steps
+        5
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if not isinstance(guide, AmortizedKR):
+        raise TypeError(f"guide must be a pyro_kr.AmortizedKR, got {type(guide).__name__}")
+    check_dim("batch_size", batch_size)
+    schedule = _resolve_schedule(schedule, steps, mode)
+    guide._ensure_setup(*args, **kwargs)
+    common = dict(
+        steps=steps, lr=lr, optim=optim, progress=progress, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
+    if mode == "reverse":
+        pair = _ReversePair(model, guide, batch_size)
+        loss = TransportELBO(schedule, max_plate_nesting=guide.plate_depth + 1)
+        history = fit(pair.model, pair.guide, *args, loss=loss, callback=callback,
+                      **common, **kwargs)
+        return AmortizedHistory(**history.state_dict(), mode=mode)
+    return _fit_forward(
+        model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
+        validation_fraction=validation_fraction, validate_every=validate_every,
+        patience=patience, simulation_seed=simulation_seed, callback=callback, common=common,
+    )
+
+
+def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations,
+                 validation_fraction, validate_every, patience, simulation_seed, callback,
+                 common) -> AmortizedHistory:
+    if num_simulations is None:
+        raise ValueError("mode='forward' needs num_simulations (the simulation budget)")
+    check_dim("num_simulations", num_simulations, minimum=2)
+    check_dim("validate_every", validate_every)
+    check_dim("patience", patience)
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
+    latent_shapes = {n: guide.prototype_trace.nodes[n]["value"].shape for n in guide.order}
+    sims = simulate_pairs(
+        model, args, kwargs, {**latent_shapes, **guide.layout.shapes}, num_simulations,
+        depth=guide.plate_depth, seed=simulation_seed,
+    )
+    ref = guide._reference_like()
+    with torch.no_grad():
+        latent = guide.pack({n: sims[n].to(ref) for n in guide.order}).detach()
+    data = {n: sims[n].to(ref) for n in guide.observed}
+    gen = torch.Generator().manual_seed(simulation_seed)
+    perm = torch.randperm(num_simulations, generator=gen).to(ref.device)
+    n_val = max(1, int(round(validation_fraction * num_simulations)))
+    val, train = perm[:n_val], perm[n_val:]
+    loss = _ForwardLoss(guide, latent[train], {k: v[train] for k, v in data.items()}, batch_size)
+    val_latent, val_data = latent[val], {k: v[val] for k, v in data.items()}
+    record = AmortizedHistory(mode="forward")
+    state = {"best": math.inf, "best_params": None, "bad": 0}
+
+    def validate(step: int) -> bool:
+        with torch.no_grad():
+            chunks = torch.arange(n_val, device=ref.device).split(4096)
+            value = sum(float(loss.nll(c, val_latent, val_data)) * len(c) for c in chunks)
+        value /= n_val
+        record.val_step.append(step + 1)
+        record.val_loss.append(value)
+        if value < state["best"]:
+            state.update(best=value, best_params=_snapshot(), bad=0)
+            record.best_step = step + 1
+        else:
+            state["bad"] += 1
+        return state["bad"] >= patience
+
+    def check(step: int, rec: dict[str, float]) -> bool:
+        stop = bool(callback(step, rec)) if callback is not None else False
+        if (step + 1) % validate_every == 0 and validate(step):
+            record.stopped_early = True
+            return True
+        return stop
+
+    def register(*a, **k) -> None:
+        guide._register()
+
+    history = fit(_noop, register, loss=loss, callback=check, **common)
+    if state["best_params"] is not None and record.val_loss[-1] > state["best"]:
+        _restore(state["best_params"])
+    out = AmortizedHistory(**history.state_dict(), mode="forward")
+    out.val_step, out.val_loss = record.val_step, record.val_loss
+    out.best_step, out.stopped_early = record.best_step, record.stopped_early
+    return out

@@ -158,6 +158,29 @@ def lotka_volterra(mode: str, args) -> dict:
     }
 
 
+def timing_only(args) -> dict:
+    """Time 10,000 draws with an untrained guide of the benchmark's architecture.
+
+    Sampling runs the forward map only (no root finding), so its cost depends on the network
+    sizes, not on the trained weights: this measures the speed target on an idle machine
+    without retraining.
+    """
+    problem = problems.get("lotka_volterra")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
+                                init_scale=args.init_scale, embedding_dim=args.embedding_dim,
+                                hidden_dims=tuple(args.hidden))
+    _, y_new = problem.simulate(1, seed=12345)
+    speed = time_draws(guide, y_new[0], args.repeats)
+    reference_s = problem_reference_seconds()
+    return {"problem": "lotka_volterra_timing", "mode": "untrained",
+            "seconds_10k_draws": speed, "pymc_reference_seconds": reference_s,
+            "speedup_vs_pymc": reference_s / speed["threads_2"],
+            "targets": {"10k_draws_under_50ms": speed["threads_2"] < TARGET_SAMPLE_S,
+                        "speedup_over_1000x": reference_s / speed["threads_2"] > TARGET_RATIO}}
+
+
 def problem_reference_seconds() -> float:
     """Wall time of the shipped PyMC reference run (from its metadata file)."""
     from importlib.resources import files
@@ -201,13 +224,18 @@ def linear_gaussian(mode: str, args) -> dict:
 
 def print_table(results: dict) -> None:
     print()
-    header = (f"{'problem':<16}{'mode':<9}{'W2':>17}{'floor':>17}{'MMD2 x1e3':>17}"
-              f"{'floor':>17}{'train s':>9}{'10k ms':>8}{'SBC ok':>8}")
+    header = (f"{'problem':<16}{'mode':<9}{'W2':>17}{'floor':>17}{'MMD2 x1e3':>19}"
+              f"{'floor':>19}{'train s':>9}{'10k ms':>8}{'SBC ok':>8}")
     print(header)
     print("-" * len(header))
     for e in results.values():
         if "error" in e:
             print(f"{e['problem']:<16}{e['mode']:<9} failed: {e['error']}")
+            continue
+        if "train_seconds" not in e:  # the timing-only entry
+            t = e["seconds_10k_draws"]
+            print(f"{e['problem']:<16}{e['mode']:<9} 10k draws: {1e3 * t['threads_2']:.1f} ms "
+                  f"(2 threads), {1e3 * t['threads_1']:.1f} ms (1 thread)")
             continue
 
         def fmt(key, scale=1.0, e=e):
@@ -219,7 +247,7 @@ def print_table(results: dict) -> None:
         ms = f"{1e3 * speed['threads_2']:.1f}" if speed else "-"
         ok = str(e["sbc"]["uniform_1pct"]) if "sbc" in e else "-"
         print(f"{e['problem']:<16}{e['mode']:<9}{fmt('w2'):>17}{fmt('floor_w2'):>17}"
-              f"{fmt('mmd2', 1e3):>17}{fmt('floor_mmd2', 1e3):>17}{e['train_seconds']:>9.0f}"
+              f"{fmt('mmd2', 1e3):>19}{fmt('floor_mmd2', 1e3):>19}{e['train_seconds']:>9.0f}"
               f"{ms:>8}{ok:>8}")
     print(f"targets (paper 004 COT-FM): W2 < {TARGET_W2}, MMD2 < {TARGET_MMD:.2e}; "
           "10k draws < 50 ms; > 1000x PyMC; train < 30 min; linear-Gaussian W2 < 1.5x floor")
@@ -241,19 +269,28 @@ def summarize(results: dict) -> None:
 
 def merge(paths: list[str], out: str) -> dict:
     """Combine the JSON files of several runs (e.g. one per mode, run in parallel)."""
-    runs, results = [], {}
+    runs, results, earlier, floors = [], {}, [], {}
     for path in paths:
         payload = json.loads(Path(path).read_text())
-        runs.append({"command": payload["command"], "settings": payload["settings"]})
-        results.update({k: v for k, v in payload["results"].items() if k != "summary"})
-    floors = {k: results[k] for k in results if k.startswith("lotka") and "floor_w2" in results[k]}
+        runs.append({"file": Path(path).name, "command": payload["command"],
+                     "settings": payload["settings"]})
+        for key, entry in payload["results"].items():
+            if key == "summary":
+                continue
+            entry["run"] = Path(path).name
+            if key.startswith("lotka") and "floor_w2" in entry:
+                floors.setdefault("entry", entry)
+            if key in results:  # a later run of the same setting replaces it; keep the record
+                earlier.append(results[key])
+            results[key] = entry
     for key, entry in results.items():
         if key.startswith("lotka") and "w2" in entry and "floor_w2" not in entry and floors:
-            source = next(iter(floors.values()))
+            source = floors["entry"]
             entry["floor_w2"], entry["floor_mmd2"] = source["floor_w2"], source["floor_mmd2"]
-            entry["floor_note"] = f"from {next(iter(floors))} (same seeded reference splits)"
+            entry["floor_note"] = (f"from {source['run']} (same seeded reference splits, "
+                                   f"n = {source['n_test']})")
     summarize(results)
-    payload = {"runs": runs, "results": results}
+    payload = {"runs": runs, "results": results, "earlier_runs": earlier}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(payload, indent=1, default=float))
     print_table({k: v for k, v in results.items() if k != "summary"})
@@ -296,11 +333,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--smoke", action="store_true", help="tiny settings, seconds")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only time 10,000 draws (untrained guide, same architecture)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="only combine the result files of earlier runs into --out")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
+    if args.timing_only:
+        entry = timing_only(args)
+        payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                   "settings": vars(args), "results": {"lotka_volterra_timing": entry}}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(payload, indent=1, default=float))
+        print(json.dumps(entry["seconds_10k_draws"]))
+        return payload
     if args.smoke:
         args.lv_steps = args.lv_steps_forward = args.lg_steps = 5
         args.batch_reverse = args.batch_forward = 16

@@ -58,6 +58,15 @@ def _snapshot() -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in store.named_parameters()}
 
 
+def _non_finite_params() -> list[str]:
+    """Names of param-store parameters holding NaN or inf (empty when all are finite)."""
+    return [
+        name
+        for name, p in pyro.get_param_store().named_parameters()
+        if not bool(torch.isfinite(p).all())
+    ]
+
+
 def _restore(snapshot: dict[str, torch.Tensor], *, strict: bool = False) -> None:
     """Copy saved unconstrained values into the live parameters, in place.
 
@@ -195,10 +204,14 @@ def fit(
     try:
         for step in range(start, steps):
             value = svi.step(*args, **kwargs)
-            if not math.isfinite(value):
+            # A finite loss can still come with NaN/inf gradients, which the optimizer writes
+            # into the parameters: check both, so the next step does not fail obscurely.
+            bad = "loss" if not math.isfinite(value) else _non_finite_params()
+            if bad:
                 _restore(snapshot)
+                what = f"loss is {value}" if bad == "loss" else f"parameters {bad} became NaN/inf"
                 raise NonFiniteLossError(
-                    f"loss is {value} at step {step}; parameters restored to their values "
+                    f"{what} at step {step}; parameters restored to their values "
                     "before that step. Lower the learning rate, check the model for invalid "
                     "values, or start the schedule with a smaller lam."
                 )

@@ -132,6 +132,25 @@ def test_inf_loss_also_stops():
         fit(model, AutoKR(model), Y, loss=InfLoss(0), steps=3, progress=False)
 
 
+def test_nan_gradients_with_a_finite_loss_also_stop():
+    class PoisonGradients(PoisonAt):
+        def loss_and_grads(self, *args, **kwargs):
+            value = super().loss_and_grads(*args, **kwargs)
+            return 1.0 if math.isnan(value) else value  # finite loss, NaN gradients
+
+    guide = AutoKR(model)
+    snapshots = {}
+
+    def callback(step, record):
+        snapshots[step] = params()
+
+    with pytest.raises(NonFiniteLossError, match=r"parameters \[.*\] became NaN/inf at step 3"):
+        fit(model, guide, Y, loss=PoisonGradients(3), steps=10, lr=0.05, progress=False,
+            callback=callback)
+    for name, value in snapshots[2].items():
+        torch.testing.assert_close(params()[name], value, rtol=0, atol=0)
+
+
 def _run(path=None, stop_at=None, steps: int = 30, checkpoint_every: int = 100):
     """A monotone AutoKR with the annealed objective; optionally interrupted at ``stop_at``."""
     pyro.clear_param_store()

@@ -117,7 +117,9 @@ class AutoKR(KRQueries, PackedKRGuide):
         transform = self.transform
         # Point the map at the param store's tensors when they differ, so that
         # pyro.get_param_store().load(...) / set_state(...) take effect, as for AutoNormal.
-        pyro.module(self._pyro_get_fullname("transform"), transform, update_module_params=True)
+        with self._pyro_context:  # the full name is defined outside forward() too
+            name = self._pyro_get_fullname("transform")
+        pyro.module(name, transform, update_module_params=True)
         return transform
 
     @torch.no_grad()

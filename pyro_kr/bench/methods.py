@@ -135,6 +135,26 @@ def _svi(problem, y, guide, *, steps: int, seed: int, progress: bool, desc: str)
     return losses, time.perf_counter() - start
 
 
+def _guide_result(
+    problem, y, guide, losses: list[float], wall: float, steps: int, num_draws: int,
+    failed: str | None,
+) -> MethodResult:
+    """Draw from a trained guide (none when it failed) and pack the run's record."""
+    draws = (
+        {}
+        if failed
+        else sample_guide(guide, problem.param_names, num_draws, problem.param_shapes, y=y)
+    )
+    return MethodResult(
+        draws=draws,
+        wall_time_s=wall,
+        seconds_per_step=wall / steps,
+        loss=losses,
+        guide=guide,
+        failed=failed,
+    )
+
+
 def _autoguide_method(make_guide: Callable[[Callable], Any], label: str):
     def fit(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
         with float64():
@@ -148,19 +168,7 @@ def _autoguide_method(make_guide: Callable[[Callable], Any], label: str):
                 )
             except NonFiniteLoss as exc:
                 failed, losses, wall = str(exc), [], float("nan")
-            draws = (
-                {}
-                if failed
-                else sample_guide(guide, problem.param_names, num_draws, problem.param_shapes, y=y)
-            )
-        return MethodResult(
-            draws=draws,
-            wall_time_s=wall,
-            seconds_per_step=wall / steps,
-            loss=losses,
-            guide=guide,
-            failed=failed,
-        )
+            return _guide_result(problem, y, guide, losses, wall, steps, num_draws, failed)
 
     fit.__doc__ = f"Fit Pyro's {label} with Trace_ELBO and Adam(lr={LR})."
     return fit
@@ -266,24 +274,10 @@ def _autokr_method(map_kind: str, annealed: bool = True):
                     problem.model, guide, y=y, loss=loss, steps=steps, lr=LR, progress=progress
                 )
                 losses = [float(v) for v in history.loss]
-            except Exception as exc:  # NonFiniteLossError and friends: count as a failure
-                if type(exc).__name__ != "NonFiniteLossError":
-                    raise
+            except pyro_kr.NonFiniteLossError as exc:  # counted as a failure, not a crash
                 failed, losses = str(exc), []
             wall = time.perf_counter() - start
-            draws = (
-                {}
-                if failed
-                else sample_guide(guide, problem.param_names, num_draws, problem.param_shapes, y=y)
-            )
-        return MethodResult(
-            draws=draws,
-            wall_time_s=wall,
-            seconds_per_step=wall / steps,
-            loss=losses,
-            guide=guide,
-            failed=failed,
-        )
+            return _guide_result(problem, y, guide, losses, wall, steps, num_draws, failed)
 
     objective = "annealed TransportELBO" if annealed else "plain ELBO (TransportELBO(None))"
     fit.__doc__ = f"Fit pyro_kr.AutoKR(map={map_kind!r}) with {objective}."

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ torch.set_num_threads(1)
 
 from pyro_kr import problems, reference  # noqa: E402
 from pyro_kr.bench import BenchConfig, report, runner  # noqa: E402
-from pyro_kr.bench.methods import reference_options  # noqa: E402
+from pyro_kr.bench.methods import fresh_nuts, reference_options  # noqa: E402
 
 GUIDES = ("auto_normal", "auto_mvn", "auto_iaf", "auto_spline")
 RESULTS = Path(__file__).parent / "results"
@@ -39,18 +40,7 @@ def nuts_baseline(problem, *, draws: int, chains: int, tune: int, seed: int) -> 
     """
     options = reference_options(problem.name)
     try:
-        idata = reference.nuts(
-            problem,
-            0,
-            draws=draws,
-            chains=chains,
-            tune=tune,
-            seed=seed,
-            cache=False,
-            rhat_max=math.inf,
-            min_ess=0,
-            **options,
-        )
+        idata = fresh_nuts(problem, 0, draws=draws, chains=chains, tune=tune, seed=seed)
     except Exception as exc:  # noqa: BLE001 - a baseline records failures, it does not stop
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
     s = reference.summary(idata)
@@ -103,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.problems, args.methods, args.steps = "linear_gaussian", "auto_normal,auto_mvn", 50
         args.num_draws, args.metric_n, args.nuts_draws, args.nuts_tune = 400, 200, 200, 200
-        args.out = str(RESULTS / "baselines_smoke.json")
+        # a smoke run never touches the committed results
+        args.out = str(Path(tempfile.gettempdir()) / "pyro_kr_smoke" / "baselines_smoke.json")
         args.no_nuts_for = ["linear_gaussian"]
     names = args.problems.split(",") if args.problems else problems.names()
     method_names = [m for m in args.methods.split(",") if m]
@@ -129,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=steps, seeds=args.seeds, num_draws=args.num_draws, metric_n=args.metric_n
         )
         print(f"== {name}: {', '.join(method_names)} x {steps} steps", flush=True)
-        run_dir = out_path.parent / "baselines" / name
+        run_dir = out_path.parent / out_path.stem / name  # baselines.json -> baselines/NAME
         res = runner.run(
             p,
             method_names,

@@ -210,14 +210,17 @@ def reference_options(name: str) -> dict[str, Any]:
     return {k: chosen[k] for k in ("target_accept", "compile_mode") if k in chosen}
 
 
-def _nuts(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
-    """Time a fresh PyMC NUTS posterior (2 chains, 1000 tuning steps each, no cache)."""
+def fresh_nuts(
+    problem, y, *, draws: int, chains: int, tune: int, seed: int, progress: bool = False
+):
+    """A fresh (uncached) PyMC NUTS run that never refuses: for timing and baselines.
+
+    Uses the sampler options the problem's shipped reference was built with
+    (:func:`reference_options`); ``y`` is an observation index or tensor.
+    """
     from pyro_kr import reference
 
-    chains, tune = 2, 1000
-    draws = max(math.ceil(num_draws / chains), 100)
-    options = reference_options(problem.name)
-    idata = reference.nuts(
+    return reference.nuts(
         problem,
         y,
         draws=draws,
@@ -225,10 +228,21 @@ def _nuts(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool =
         tune=tune,
         seed=seed,
         cache=False,
-        **options,
+        **reference_options(problem.name),
         rhat_max=math.inf,
         min_ess=0,
         progressbar=progress,
+    )
+
+
+def _nuts(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
+    """Time a fresh PyMC NUTS posterior (2 chains, 1000 tuning steps each, no cache)."""
+    from pyro_kr import reference
+
+    chains, tune = 2, 1000
+    draws = max(math.ceil(num_draws / chains), 100)
+    idata = fresh_nuts(
+        problem, y, draws=draws, chains=chains, tune=tune, seed=seed, progress=progress
     )
     s = reference.summary(idata)
     out = reference.to_draws(idata, problem.param_names)

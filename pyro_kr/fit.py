@@ -116,6 +116,22 @@ def _resolve_optim(lr: float | None, optim: PyroOptim | None) -> PyroOptim:
     return Adam({"lr": lr})
 
 
+def _postfix(record: dict[str, float], value: float) -> dict[str, str]:
+    """Progress-bar fields: the loss, the ELBO and the schedule, where the loss reports them.
+
+    Forward-mode amortized training has no ELBO (``nan``) and no schedule: those are left out
+    rather than shown as ``nan``.
+    """
+    out = {"loss": f"{record['loss']:.4g}"}
+    elbo = record.get("elbo", -value)
+    if math.isfinite(elbo):
+        out["elbo"] = f"{elbo:.4g}"
+    for key in ("eps", "lam"):
+        if key in record and math.isfinite(record[key]):
+            out[key] = f"{record[key]:.2g}"
+    return out
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -221,13 +237,7 @@ def fit(
             history.seconds = time.perf_counter() - began
             bar.update(1)
             if progress:
-                bar.set_postfix(
-                    loss=f"{record['loss']:.4g}",
-                    elbo=f"{record.get('elbo', -value):.4g}",
-                    eps=f"{record.get('eps', math.nan):.2g}",
-                    lam=f"{record.get('lam', math.inf):.2g}",
-                    refresh=False,
-                )
+                bar.set_postfix(_postfix(record, value), refresh=False)
             if checkpoint is not None and ((step + 1) % checkpoint_every == 0):
                 save(step + 1)
             if callback is not None and callback(step, record):

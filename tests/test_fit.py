@@ -71,6 +71,18 @@ def test_progress_bar_is_shown_or_hidden(capsys):
     assert "fit" in err and "3/3" in err
 
 
+def test_progress_bar_shows_only_the_fields_the_loss_reports():
+    from pyro_kr.fit import _postfix
+
+    annealed = _postfix({"loss": 2.0, "elbo": -1.5, "eps": 0.1, "lam": 10.0}, 2.0)
+    assert annealed == {"loss": "2", "elbo": "-1.5", "eps": "0.1", "lam": "10"}
+    # forward-mode amortized training: no ELBO, no schedule -> no "nan" / "inf" fields
+    assert _postfix({"loss": 3.0, "elbo": math.nan}, 3.0) == {"loss": "3"}
+    assert _postfix({"loss": 1.0, "elbo": -1.0, "lam": math.inf}, 1.0) == {
+        "loss": "1", "elbo": "-1"
+    }
+
+
 def test_callback_sees_every_step_and_can_stop():
     seen = []
 

@@ -212,9 +212,64 @@ def test_initialization_is_affine_around_init_loc_with_init_scale():
     torch.testing.assert_close(z, loc + 0.2 * x, atol=0.02, rtol=0)
 
 
+def test_laplace_init_is_the_exact_kr_map_of_a_gaussian_posterior():
+    mean, cov = exact_posterior()
+    guide = AutoKR(linear_model, map="affine", init_scale="laplace")
+    guide(Y)  # no training at all
+    affine = guide.transform[-1]
+    torch.testing.assert_close(affine.loc.detach(), mean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(affine.scale_tril, torch.linalg.cholesky(cov), atol=1e-6, rtol=0)
+
+
+def test_laplace_init_of_the_monotone_map_starts_at_the_gaussian_kr_map():
+    mean, cov = exact_posterior()
+    guide = AutoKR(linear_model, init_scale="laplace")
+    guide(Y)
+    x = torch.randn(1000, 3, dtype=DT)
+    z = guide.get_transform()(x).detach()
+    expected = mean + x @ torch.linalg.cholesky(cov).T
+    assert float((z - expected).abs().max()) < 0.05
+
+
+def test_laplace_init_works_in_the_unconstrained_space_of_a_constrained_site():
+    # s ~ Gamma(a, b): u = log s has density exp(a u - b e^u), mode log(a / b), variance 1 / a
+    a, b = 4.0, 2.0
+
+    def model():
+        pyro.sample("s", dist.Gamma(torch.tensor(a, dtype=DT), torch.tensor(b, dtype=DT)))
+
+    guide = AutoKR(model, map="affine", init_scale="laplace")
+    guide()
+    affine = guide.transform[-1]
+    assert float(affine.loc.detach()) == pytest.approx(math.log(a / b), abs=1e-6)
+    assert float(affine.scale_tril.detach()) == pytest.approx(1 / math.sqrt(a), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("factor", "match"),
+    [
+        (lambda z: z.exp(), "ran off to a non-finite point"),  # log p -> inf as z -> inf
+        (lambda z: z**2, "not positive definite"),  # log p = z^2 / 2: a minimum at the start
+    ],
+    ids=["unbounded", "minimum"],
+)
+@pytest.mark.filterwarnings("ignore:Encountered")
+def test_laplace_init_without_a_mode_is_a_clear_error(factor, match):
+    from pyro_kr.guides.laplace import LaplaceError
+
+    def model():
+        z = pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=DT), 1.0))
+        pyro.factor("f", factor(z))
+
+    guide = AutoKR(model, map="affine", init_scale="laplace")
+    with pytest.raises(LaplaceError, match=f"init_scale='laplace'.*{match}.*numeric init_scale"):
+        guide()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"init_scale": "hessian"}, "init_scale must be a positive number or 'laplace'"),
         ({"map": "spline"}, r"map must be one of \('monotone', 'affine'\), got 'spline'"),
         ({"init_scale": 0.0}, "init_scale must be > 0, got 0.0"),
         ({"map": "affine", "hidden_dims": [8]}, "map='affine' takes no map options"),

@@ -64,6 +64,12 @@ def test_model_sites_and_log_joint(name):
         assert tuple(tr.nodes["y"]["value"].shape) == p.y_shape
 
 
+@pytest.mark.parametrize("name", LIKELIHOOD, ids=LIKELIHOOD)
+def test_kr_order_is_none_or_a_permutation_of_the_sites(name):
+    p = problems.get(name)
+    assert p.kr_order is None or sorted(p.kr_order) == sorted(p.param_names)
+
+
 def test_observation_index_errors():
     p = problems.get("banana")
     with pytest.raises(ValueError, match="observations 0..0"):

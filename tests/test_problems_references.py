@@ -48,9 +48,58 @@ def test_lotka_volterra_reference_covers_the_truth():
 
 
 def test_settings_cover_the_mcmc_problems():
-    assert set(references.SETTINGS) == {"lotka_volterra", "banana", "eight_schools", "elliptic_1d"}
+    assert set(references.SETTINGS) == {
+        "lotka_volterra", "banana", "eight_schools", "elliptic_1d", "darcy_2d"
+    }
     with pytest.raises(ValueError, match="valid: lotka_volterra"):
         references.generate("funnel")
+
+
+def test_darcy_reference_samples_the_pyro_model_through_nuts_from_pyro(monkeypatch, tmp_path):
+    """darcy_2d goes through nuts_from_pyro (its PyMC twin's gradient is ~50x slower)."""
+    import pyro_kr.reference as reference_module
+    from pyro_kr.reference import _io
+
+    p = problems.get("darcy_2d")
+    calls = {}
+
+    def fake_nuts_from_pyro(model, **kwargs):
+        calls.update(kwargs, model=model)
+        rng = np.random.default_rng(0)
+        chains, draws = kwargs["chains"], kwargs["draws"]
+        post = {"xi": rng.standard_normal((chains, draws, 32))}
+        stats = {"diverging": np.zeros((chains, draws), dtype=bool)}
+        return _io.from_dict(post, sample_stats=stats)
+
+    monkeypatch.setattr(reference_module, "nuts_from_pyro", fake_nuts_from_pyro)
+    draws, record = references.generate(
+        "darcy_2d", draws=2000, tune=10, chains=4, out_dir=tmp_path
+    )
+    assert calls["model"].__func__ is type(p).model and calls["model"].__self__ == p
+    np.testing.assert_array_equal(calls["y"].numpy(), p.observation(0).numpy())
+    assert (calls["draws"], calls["tune"], calls["chains"]) == (2000, 10, 4)
+    assert calls["rhat_max"] == float("inf")  # generate() checks R-hat / ESS itself
+    assert draws["xi"].shape == (8000, 32) and draws["xi"].dtype == np.float32
+    assert record["sampler"].startswith("pyro_kr.reference.nuts_from_pyro")
+    assert record["settings"]["sampler"] == "nuts_from_pyro"
+    saved = np.load(tmp_path / "darcy_2d_obs0.npz")
+    np.testing.assert_array_equal(saved["xi"], draws["xi"])
+    assert json.loads((tmp_path / "darcy_2d_obs0.json").read_text())["num_draws"] == 8000
+
+
+def test_rejected_reference_run_writes_nothing(monkeypatch, tmp_path):
+    import pyro_kr.reference as reference_module
+    from pyro_kr.reference import _io
+
+    def stuck_chains(model, **kwargs):  # two chains in different places: R-hat >> 1.01
+        post = np.stack([np.zeros((200, 32)), np.ones((200, 32))])
+        post = post + 0.01 * np.random.default_rng(0).standard_normal(post.shape)
+        return _io.from_dict({"xi": post}, sample_stats={"diverging": np.zeros((2, 200))})
+
+    monkeypatch.setattr(reference_module, "nuts_from_pyro", stuck_chains)
+    with pytest.raises(RuntimeError, match="rejected, nothing written"):
+        references.generate("darcy_2d", draws=200, tune=1, chains=2, out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_reference_says_how_to_build_one():

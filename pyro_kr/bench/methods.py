@@ -7,7 +7,11 @@ loss trace, and the trained guide for PSIS). Entries: Pyro's ``AutoNormal``,
 ``spline_autoregressive``, ``nuts`` (time to a fresh PyMC NUTS posterior) and, when
 :class:`pyro_kr.AutoKR` is available, ``autokr_monotone`` / ``autokr_affine`` (annealed
 :class:`~pyro_kr.TransportELBO`) and ``autokr_monotone_elbo`` / ``autokr_affine_elbo`` (the
-same guides trained with the plain ELBO, same particles and steps).
+same guides trained with the plain ELBO, same particles and steps) and
+``autokr_monotone_laplace`` / ``autokr_affine_laplace`` (annealed, affine part started at the
+Laplace approximation: ``AutoKR(init_scale="laplace")``) and ``autokr_monotone_ordered``
+(annealed, ``AutoKR(order=problem.kr_order)``: the KR order the problem's structure suggests;
+the model's order where the problem declares none).
 
 Example:
     >>> from pyro_kr.bench import methods
@@ -268,14 +272,20 @@ AUTOKR_RAMP = 0.7
 """Fraction of the step budget over which ``autokr_*`` anneal ``(eps, lam)`` (then hold)."""
 
 
-def _autokr_method(map_kind: str, annealed: bool = True):
+def _autokr_method(
+    map_kind: str, annealed: bool = True, init_scale: float | str = 0.1, ordered: bool = False
+):
     def fit(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
         import pyro_kr
+        from pyro_kr.guides.laplace import LaplaceError
 
         with float64():
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
-            guide = pyro_kr.AutoKR(problem.model, map=map_kind)
+            order = list(problem.kr_order) if ordered and problem.kr_order else None
+            guide = pyro_kr.AutoKR(
+                problem.model, map=map_kind, init_scale=init_scale, order=order
+            )
             # default (eps, lam) ramps: pyro_kr.objective.schedules.DEFAULT_EPS / DEFAULT_LAM
             schedule = (
                 pyro_kr.Annealing(steps=max(int(AUTOKR_RAMP * steps), 1)) if annealed else None
@@ -288,13 +298,17 @@ def _autokr_method(map_kind: str, annealed: bool = True):
                     problem.model, guide, y=y, loss=loss, steps=steps, lr=LR, progress=progress
                 )
                 losses = [float(v) for v in history.loss]
-            except pyro_kr.NonFiniteLossError as exc:  # counted as a failure, not a crash
+            except (pyro_kr.NonFiniteLossError, LaplaceError) as exc:  # a failure, not a crash
                 failed, losses = str(exc), []
             wall = time.perf_counter() - start
             return _guide_result(problem, y, guide, losses, wall, steps, num_draws, failed)
 
     objective = "annealed TransportELBO" if annealed else "plain ELBO (TransportELBO(None))"
-    fit.__doc__ = f"Fit pyro_kr.AutoKR(map={map_kind!r}) with {objective}."
+    order = ", order=problem.kr_order" if ordered else ""
+    fit.__doc__ = (
+        f"Fit pyro_kr.AutoKR(map={map_kind!r}, init_scale={init_scale!r}{order}) with "
+        f"{objective}."
+    )
     return fit
 
 
@@ -310,6 +324,9 @@ _AUTOKR: dict[str, Callable] = {
     "autokr_affine": _autokr_method("affine"),
     "autokr_monotone_elbo": _autokr_method("monotone", annealed=False),
     "autokr_affine_elbo": _autokr_method("affine", annealed=False),
+    "autokr_monotone_laplace": _autokr_method("monotone", init_scale="laplace"),
+    "autokr_affine_laplace": _autokr_method("affine", init_scale="laplace"),
+    "autokr_monotone_ordered": _autokr_method("monotone", ordered=True),
 }
 DEFAULT = ("auto_normal", "auto_mvn", "autokr_affine", "autokr_monotone")
 """Methods ``pyro-kr bench`` runs when ``--methods`` is not given (those available)."""

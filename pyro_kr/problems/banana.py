@@ -38,6 +38,9 @@ class Banana(Problem):
     """
 
     name: ClassVar[str] = "banana"
+    # theta1 | theta2 is Gaussian around ybar - theta2^2 (a shift, easy for a triangular map);
+    # theta2 | theta1 is bimodal (+-sqrt(ybar - theta1)), which a monotone map bends badly.
+    kr_order: ClassVar[tuple[str, ...]] = ("theta2", "theta1")
     num_y: int = 10
     noise_sd: float = 0.5
 

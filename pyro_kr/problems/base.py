@@ -46,6 +46,10 @@ class Problem(abc.ABC):
     has_likelihood: ClassVar[bool] = True
     #: Name of the observed site in :meth:`model` and :meth:`pymc_model`.
     obs_name: ClassVar[str] = "y"
+    #: A KR order chosen from the problem's structure (``AutoKR(order=...)``), or ``None``
+    #: when the model's order is already the natural one. Used by the ``autokr_*_ordered``
+    #: benchmark methods; see docs/guide.md, "The KR ordering".
+    kr_order: ClassVar[tuple[str, ...] | None] = None
 
     # -- what subclasses provide -------------------------------------------------------------
     def prior(self) -> dict[str, Distribution]:

@@ -167,6 +167,9 @@ def _sample_pyro(potential: PyroPotential, settings: dict, progressbar: bool):
         z = pm.Flat("z", shape=(potential.dim,))
         pm.Potential("pyro_log_density", op(z)[0])
         step = pm.DEMetropolisZ() if settings["method"] == "demetropolisz" else None
+        extra = {}
+        if step is None and "target_accept" in settings:
+            extra["target_accept"] = settings["target_accept"]
         initvals = [{"z": potential.init[c]} for c in range(settings["chains"])]
         start = time.perf_counter()
         idata = pm.sample(
@@ -182,6 +185,7 @@ def _sample_pyro(potential: PyroPotential, settings: dict, progressbar: bool):
             compute_convergence_checks=False,
             return_inferencedata=True,
             model=pmodel,
+            **extra,
         )
         wall = time.perf_counter() - start
     z_draws = np.asarray(idata.posterior["z"].values)  # (chain, draw, dim)
@@ -198,6 +202,7 @@ def nuts_from_pyro(
     tune: int = 1000,
     seed: int = 0,
     method: str = "nuts",
+    target_accept: float = 0.8,
     cache: bool = False,
     cache_dir: str | os.PathLike | None = None,
     rhat_max: float = 1.01,
@@ -211,8 +216,8 @@ def nuts_from_pyro(
     Args:
         model: Pyro model with continuous latent sites (conditioned on its data).
         *args, **kwargs: the model's arguments (the keywords below are reserved).
-        draws, chains, tune, seed, method, rhat_max, min_ess, progressbar: as in
-            :func:`pyro_kr.reference.nuts`.
+        draws, chains, tune, seed, method, target_accept, rhat_max, min_ess, progressbar: as
+            in :func:`pyro_kr.reference.nuts`.
         cache: cache the draws on disk, keyed by the model's source, its argument values and
             the settings (off by default: a closure's captured state is not in the key).
         cache_dir: cache directory (see :func:`pyro_kr.reference.nuts`).
@@ -244,6 +249,8 @@ def nuts_from_pyro(
         raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not 0.0 < target_accept < 1.0:
+        raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
     min_ess = draws / 4 if min_ess is None else float(min_ess)
     label = name or getattr(model, "__name__", None) or "pyro_model"
     settings = {
@@ -254,6 +261,8 @@ def nuts_from_pyro(
         "tune": tune,
         "seed": seed,
     }
+    if method == "nuts":
+        settings["target_accept"] = target_accept
 
     def build():
         import pyro

@@ -1,0 +1,115 @@
+"""Laplace initialization of a KR guide's affine part: the mode and the curvature there.
+
+``AutoKR(model, init_scale="laplace")`` starts the map's affine part at the Laplace
+approximation of the posterior in the packed unconstrained space: ``loc`` at the mode of
+``log p(x, z) + log|det J|`` (L-BFGS from ``init_loc_fn``'s point) and
+``scale_tril = cholesky(H^-1)`` with ``H`` the Hessian of ``-log p`` there. For a Gaussian
+posterior this *is* the KR map (the training has nothing left to do); for an ill-conditioned
+one (posterior sds spanning orders of magnitude, as in most inverse problems) it spares the
+optimizer the thousands of steps it needs to shrink a scale by 100x.
+
+Pyro's :class:`~pyro.infer.autoguide.AutoLaplaceApproximation` computes the same Hessian, but
+only after an SVI fit of its own ``AutoDelta`` guide; here the mode is found directly by
+L-BFGS on the packed log density, with no second guide and no SVI loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro import poutine
+from pyro.distributions.transforms import biject_to
+
+__all__ = ["LaplaceError", "laplace_init", "packed_log_density"]
+
+
+class LaplaceError(ValueError):
+    """The Laplace initialization failed: no finite mode or a Hessian that is not positive."""
+
+
+def packed_log_density(guide, z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``log p(data, T^-1(z)) + log|det J_{T^-1}(z)|`` at a packed unconstrained ``z (d,)``.
+
+    ``guide`` is a set-up :class:`~pyro_kr.guides.packing.PackedKRGuide` (its site slices and
+    supports define the packing). The model runs under ``poutine.block`` with its latent sites
+    conditioned on the unpacked values, so nothing leaks into an enclosing trace.
+    """
+    values, log_jacobian = {}, z.new_zeros(())
+    for name, block in guide.site_slices().items():
+        site = guide.prototype_trace.nodes[name]
+        transform = biject_to(site["fn"].support)
+        u = z[block].reshape(guide._unconstrained_shapes[name])
+        x = transform(u)
+        values[name] = x
+        log_jacobian = log_jacobian + transform.log_abs_det_jacobian(u, x).sum()
+    with poutine.block():
+        trace = poutine.trace(poutine.condition(guide.model, data=values)).get_trace(
+            *args, **kwargs
+        )
+    return trace.log_prob_sum() + log_jacobian
+
+
+def laplace_init(
+    guide, loc: torch.Tensor, *args, max_iter: int = 200, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(mode, cholesky(H^-1))`` of the packed posterior, shapes ``(d,)`` and ``(d, d)``.
+
+    Args:
+        guide: a set-up packed KR guide (see :func:`packed_log_density`).
+        loc: starting point of the L-BFGS search, shape ``(d,)``.
+        *args, **kwargs: the model's arguments.
+        max_iter: L-BFGS iterations (strong-Wolfe line search).
+
+    Raises:
+        LaplaceError: the log density is not finite at the start or at the end of the search
+            (an improper or unbounded posterior, such as a centered funnel), or the Hessian at
+            the mode is not positive definite (not a strict local maximum).
+    """
+    z = loc.detach().clone().requires_grad_(True)
+
+    def negative_log_density(point: torch.Tensor) -> torch.Tensor:
+        return -packed_log_density(guide, point, *args, **kwargs)
+
+    with torch.enable_grad():
+        start = negative_log_density(z)
+        if not torch.isfinite(start):
+            raise LaplaceError(
+                f"init_scale='laplace': the log density is {-float(start)} at the initial point; "
+                "choose an init_loc_fn whose point the model supports, or pass a numeric "
+                "init_scale"
+            )
+        optimizer = torch.optim.LBFGS(
+            [z], max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9,
+            tolerance_change=1e-12, history_size=20,
+        )
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            value = negative_log_density(z)
+            value.backward()
+            return value
+
+        optimizer.step(closure)
+        mode = z.detach()
+        value = float(negative_log_density(mode))
+        if not math.isfinite(value) or not bool(torch.isfinite(mode).all()):
+            raise LaplaceError(
+                "init_scale='laplace': the search for the posterior mode ran off to a "
+                f"non-finite point (log density {-value}); the posterior may have no mode (an "
+                "improper prior, or a centered hierarchical funnel). Pass a numeric init_scale"
+            )
+        hessian = torch.autograd.functional.hessian(negative_log_density, mode)
+    hessian = 0.5 * (hessian + hessian.T)
+    precision_tril, info = torch.linalg.cholesky_ex(hessian)
+    if int(info) != 0 or not bool(torch.isfinite(precision_tril).all()):
+        smallest = float(torch.linalg.eigvalsh(hessian).min())
+        raise LaplaceError(
+            "init_scale='laplace': the Hessian of -log p at the mode found is not positive "
+            f"definite (smallest eigenvalue {smallest:.3g}): the point is not a strict maximum. "
+            "Pass a numeric init_scale, or start the search elsewhere with init_loc_fn"
+        )
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    covariance = torch.cholesky_solve(eye, precision_tril)
+    scale_tril = torch.linalg.cholesky(0.5 * (covariance + covariance.T))
+    return mode, scale_tril

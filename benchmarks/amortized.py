@@ -38,6 +38,7 @@ import torch
 
 import pyro_kr
 import pyro_kr.problems as problems
+from pyro_kr._atomic import atomic_path
 from pyro_kr.diagnostics import coverage, sbc
 
 RESULTS = Path(__file__).resolve().parent / "results" / "amortized.json"
@@ -267,6 +268,12 @@ def summarize(results: dict) -> None:
         }
 
 
+def write_json(payload: dict, out: str | Path) -> None:
+    """Write ``payload`` atomically (an interrupt leaves the previous file)."""
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, default=float))
+
+
 def merge(paths: list[str], out: str) -> dict:
     """Combine the JSON files of several runs (e.g. one per mode, run in parallel)."""
     runs, results, earlier, floors = [], {}, [], {}
@@ -291,8 +298,7 @@ def merge(paths: list[str], out: str) -> dict:
                                    f"n = {source['n_test']})")
     summarize(results)
     payload = {"runs": runs, "results": results, "earlier_runs": earlier}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(payload, indent=1, default=float))
+    write_json(payload, out)
     print_table({k: v for k, v in results.items() if k != "summary"})
     return payload
 
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
         payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
                    "settings": vars(args), "results": {"lotka_volterra_timing": entry}}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=1, default=float))
+        write_json(payload, args.out)
         print(json.dumps(entry["seconds_10k_draws"]))
         return payload
     if args.smoke:
@@ -376,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if not args.smoke or args.out != str(RESULTS):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=1, default=float))
+        write_json(payload, args.out)
         log(f"wrote {args.out}")
     print_table({k: v for k, v in results.items() if k != "summary"})
     return payload

@@ -8,12 +8,21 @@ disk) leaves either the previous file or the new one, never half a file.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["atomic_path"]
+
+
+def _target_mode(path: Path) -> int:
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextmanager
@@ -38,6 +47,9 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates the file 0600; give it the mode a plain open() would have (or the
+        # mode of the file it replaces), so shipped data and reports stay readable by others
+        os.chmod(tmp, _target_mode(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -30,3 +30,23 @@ def test_suffix_is_kept_for_writers_that_read_it(tmp_path):
         assert tmp.name.endswith(".tmp.npz")
         tmp.write_bytes(b"x")
     assert (tmp_path / "draws.npz").read_bytes() == b"x"
+
+
+def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.txt"
+        with atomic_path(fresh) as tmp:
+            tmp.write_text("x")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # not mkstemp's 0600
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        with atomic_path(kept) as tmp:
+            tmp.write_text("new")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+    finally:
+        os.umask(umask)

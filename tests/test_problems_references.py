@@ -47,6 +47,17 @@ def test_lotka_volterra_reference_covers_the_truth():
         assert lo < truth < hi
 
 
+def test_darcy_reference_covers_the_truth_and_is_informative():
+    p = problems.get("darcy_2d")
+    draws = p.reference(0)["xi"].astype(np.float64)
+    assert draws.shape == (4000, 32)
+    xi_true = np.random.default_rng(5).standard_normal(32)  # how the observation was made
+    lo, hi = np.quantile(draws, [0.001, 0.999], axis=0)
+    assert np.all((lo < xi_true) & (xi_true < hi))
+    sd = draws.std(0)
+    assert sd[0] < 0.05 and sd[-1] > 0.5  # the leading modes are pinned, the last ones not
+
+
 def test_settings_cover_the_mcmc_problems():
     assert set(references.SETTINGS) == {
         "lotka_volterra", "banana", "eight_schools", "elliptic_1d", "darcy_2d"

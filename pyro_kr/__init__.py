@@ -9,6 +9,7 @@ from __future__ import annotations
 from pyro_kr import transforms
 from pyro_kr.amortized import AmortizedKR, fit_amortized
 from pyro_kr.fit import History, NonFiniteLossError, fit
+from pyro_kr.flow_matching import COTFlowMatching
 from pyro_kr.guides import AutoKR
 from pyro_kr.objective import Annealing, TransportELBO
 from pyro_kr.transforms import (
@@ -25,6 +26,7 @@ __all__ = [
     "AmortizedKR",
     "Annealing",
     "AutoKR",
+    "COTFlowMatching",
     "History",
     "NonFiniteLossError",
     "TransportELBO",

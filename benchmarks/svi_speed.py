@@ -12,6 +12,7 @@ AutoKR, both vectorized over particles), for:
   8 bumps);
 * ``autokr_small``: ``AutoKR(model, hidden_dims=[H, H], num_bumps=B)`` with ``H, B`` chosen so
   the parameter count is within 25% of IAF's;
+* ``autokr_small_depth1``: the same with one monotone layer instead of two;
 * ``auto_iaf``: ``AutoIAFNormal(model, num_transforms=2)`` (Pyro's default hidden width).
 
 Each timing is the median over ``--repeats`` blocks of ``--steps`` steps after ``--warmup``
@@ -41,6 +42,7 @@ from pyro_kr import problems  # noqa: E402
 from pyro_kr._atomic import atomic_path  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+GUIDES = ("auto_iaf", "autokr_small", "autokr_small_depth1", "autokr_default")
 
 
 def make_guide(name: str, model, hidden: int, bumps: int):
@@ -50,6 +52,8 @@ def make_guide(name: str, model, hidden: int, bumps: int):
         return AutoIAFNormal(model, num_transforms=2)
     if name == "autokr_small":
         return pyro_kr.AutoKR(model, hidden_dims=[hidden, hidden], num_bumps=bumps)
+    if name == "autokr_small_depth1":
+        return pyro_kr.AutoKR(model, depth=1, hidden_dims=[hidden, hidden], num_bumps=bumps)
     return pyro_kr.AutoKR(model)
 
 
@@ -105,22 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_default_dtype(torch.float64)
     rows = {}
     for particles in args.particles:
-        for name in ("auto_iaf", "autokr_small", "autokr_default"):
+        for name in GUIDES:
             rows[f"{name}/{particles}"] = {
                 "guide": name, "particles": particles,
                 **time_guide(p, y, name, particles=particles, args=args),
             }
     for particles in args.particles:
         iaf = rows[f"auto_iaf/{particles}"]["seconds_per_step"]
-        for name in ("autokr_small", "autokr_default"):
+        for name in GUIDES[1:]:
             row = rows[f"{name}/{particles}"]
             row["ratio_to_iaf"] = row["seconds_per_step"] / iaf
     lines = [f"\n### {args.problem} (d = {p.dim}), seconds per step, 1 thread", "",
-             "| guide | particles | params | s/step | ratio to auto_iaf |", "|---|---|---|---|---|"]
+             "| guide | particles | params | s/step | ratio to auto_iaf |",
+             "|---|---|---|---|---|"]
     for row in rows.values():
         ratio = row.get("ratio_to_iaf")
+        ratio_text = "" if ratio is None else f"{ratio:.2f}"
         lines.append(f"| {row['guide']} | {row['particles']} | {row['params']} | "
-                     f"{row['seconds_per_step']:.5f} | {'' if ratio is None else f'{ratio:.2f}'} |")
+                     f"{row['seconds_per_step']:.5f} | {ratio_text} |")
     print("\n".join(lines))
     if args.smoke:
         return 0

@@ -122,8 +122,14 @@ class AutoKR(KRQueries, PackedKRGuide):
             ]
         return ComposeTransformModule([*parts, affine], cache_size=1)
 
+    def _map(self) -> ComposeTransformModule:
+        # Read the submodule without PyroModule.__getattr__, which inside forward() issues a
+        # pyro.module statement (a walk over every parameter) on each access; get_transform
+        # registers the map once per call instead.
+        return self._modules["transform"]
+
     def _reference_like(self) -> torch.Tensor:
-        return self.transform[-1].loc
+        return self._map()[-1].loc
 
     def get_base_dist(self) -> dist.Distribution:
         ref = self._reference_like()
@@ -131,7 +137,7 @@ class AutoKR(KRQueries, PackedKRGuide):
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def get_transform(self, *args, **kwargs) -> ComposeTransformModule:
-        transform = self.transform
+        transform = self._map()
         # Point the map at the param store's tensors when they differ, so that
         # pyro.get_param_store().load(...) / set_state(...) take effect, as for AutoNormal.
         with self._pyro_context:  # the full name is defined outside forward() too

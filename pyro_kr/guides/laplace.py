@@ -90,9 +90,18 @@ def laplace_init(
             value.backward()
             return value
 
-        optimizer.step(closure)
-        mode = z.detach()
-        value = float(negative_log_density(mode))
+        try:
+            optimizer.step(closure)
+            mode = z.detach()
+            value = float(negative_log_density(mode))
+        except (ValueError, RuntimeError) as exc:  # the model refused a point of the search
+            # (e.g. Pyro's argument validation on a NaN or zero scale far along the search)
+            raise LaplaceError(
+                "init_scale='laplace': the search for the posterior mode ran off to a point "
+                f"the model rejects ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                "the posterior may have no mode (an improper prior, or a centered "
+                "hierarchical funnel). Pass a numeric init_scale"
+            ) from exc
         if not math.isfinite(value) or not bool(torch.isfinite(mode).all()):
             raise LaplaceError(
                 "init_scale='laplace': the search for the posterior mode ran off to a "

@@ -3,13 +3,21 @@
 - :class:`AmortizedKR`: the guide (block-triangular map ``T(y, x) = (y, T_U(y, x))``);
 - :func:`fit_amortized`: training by reverse KL (amortized ELBO, needs the likelihood) or
   forward KL (maximum likelihood on simulations, needs only the simulator);
-- :class:`StandardizedMLP`: the default embedding of the observations.
+- :class:`StandardizedMLP`: the default embedding of the observations;
+- :class:`PosteriorSampler`: a detached float32 snapshot for fast serving of draws.
 """
 
 from __future__ import annotations
 
 from pyro_kr.amortized.embedding import StandardizedMLP
 from pyro_kr.amortized.guide import AmortizedKR
+from pyro_kr.amortized.sampler import PosteriorSampler
 from pyro_kr.amortized.training import AmortizedHistory, fit_amortized
 
-__all__ = ["AmortizedHistory", "AmortizedKR", "StandardizedMLP", "fit_amortized"]
+__all__ = [
+    "AmortizedHistory",
+    "AmortizedKR",
+    "PosteriorSampler",
+    "StandardizedMLP",
+    "fit_amortized",
+]

@@ -23,6 +23,7 @@ from torch.distributions import ComposeTransform, Transform
 from pyro_kr.amortized.embedding import StandardizedMLP
 from pyro_kr.amortized.log_density import conditioned_log_prob
 from pyro_kr.amortized.observations import ObservedLayout, SiteUnconstrain, accepts_keyword
+from pyro_kr.amortized.sampler import PosteriorSampler
 from pyro_kr.amortized.simulate import plate_depth, simulate_pairs, site_names
 from pyro_kr.guides.packing import PackedKRGuide
 from pyro_kr.transforms import ConditionalMonotoneTriangular, ConditionalTriangularAffine
@@ -306,6 +307,16 @@ class AmortizedKR(PackedKRGuide):
         """
         post = self.posterior(y, *args, **kwargs)
         return self._constrain(post.sample((num_samples,)))
+
+    def sampler(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> PosteriorSampler:
+        """A detached snapshot of the networks in ``dtype`` for fast serving of draws.
+
+        ``guide.sampler().sample(y, n)`` draws like :meth:`sample`, in float32 by default
+        (2-3x faster on a CPU); later training does not change the snapshot.
+        """
+        return PosteriorSampler(self, dtype=dtype, device=device)
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:

@@ -44,6 +44,10 @@ from pyro_kr.diagnostics import coverage, sbc
 RESULTS = Path(__file__).resolve().parent / "results" / "amortized.json"
 TARGET_W2, TARGET_MMD = 0.0402, 0.95e-3  # paper 004, Table 2, COT-FM
 TARGET_SAMPLE_S, TARGET_RATIO, TARGET_TRAIN_S = 0.050, 1000.0, 1800.0
+# The kernel k(a, b) = exp(-|a - b|^2) (bandwidth h = 1/sqrt(2)) of the MMD in Wang et al.
+# 2023's PCP-Map code (src/mmd.py, alpha = 1), whose baselines paper 004 ran with that code.
+# Paper 004 does not state its own kernel; we report this convention beside the median one.
+UNIT_KERNEL_H = 2.0**-0.5
 
 
 def log(message: str) -> None:
@@ -132,7 +136,7 @@ def lotka_volterra(mode: str, args) -> dict:
     y_obs = problem.observation(0)
     n = min(args.n_test, ref.shape[0] // 2)
     gen = torch.Generator().manual_seed(0)
-    w2s, mmds, floor_w2, floor_mmd = [], [], [], []
+    w2s, mmds, floor_w2, floor_mmd, mmds_unit, floor_unit = [], [], [], [], [], []
     for k in range(args.test_sets):
         torch.manual_seed(300 + k)
         q = stack(guide.sample(y_obs, n), names)
@@ -140,10 +144,13 @@ def lotka_volterra(mode: str, args) -> dict:
         ref_a, ref_b = ref[perm[:n]], ref[perm[n : 2 * n]]
         w2s.append(w2(q, ref_a))
         mmds.append(mmd2(q, ref_a))
+        mmds_unit.append(mmd2(q, ref_a, bandwidth=UNIT_KERNEL_H))
         if not args.skip_floor:  # the floor does not depend on the mode (same seeded splits)
             floor_w2.append(w2(ref_b, ref_a))
             floor_mmd.append(mmd2(ref_b, ref_a))
-        log(f"  test set {k}: W2 {w2s[-1]:.4f}, MMD2 {mmds[-1]:.2e}"
+            floor_unit.append(mmd2(ref_b, ref_a, bandwidth=UNIT_KERNEL_H))
+        log(f"  test set {k}: W2 {w2s[-1]:.4f}, MMD2 {mmds[-1]:.2e} (unit kernel "
+            f"{mmds_unit[-1]:.2e})"
             + (f" (floors {floor_w2[-1]:.4f}, {floor_mmd[-1]:.2e})" if floor_w2 else ""))
     _, y_new = problem.simulate(1, seed=12345)
     speed = time_draws(guide, y_new[0], args.repeats)
@@ -155,9 +162,9 @@ def lotka_volterra(mode: str, args) -> dict:
     q_mean = stack(guide.sample(y_obs, n), names).mean(0)
     return {
         "problem": "lotka_volterra", "mode": mode,
-        "w2": summary(w2s), "mmd2": summary(mmds),
-        **({"floor_w2": summary(floor_w2), "floor_mmd2": summary(floor_mmd)} if floor_w2
-           else {}),
+        "w2": summary(w2s), "mmd2": summary(mmds), "mmd2_unit_kernel": summary(mmds_unit),
+        **({"floor_w2": summary(floor_w2), "floor_mmd2": summary(floor_mmd),
+            "floor_mmd2_unit_kernel": summary(floor_unit)} if floor_w2 else {}),
         "n_test": n, "test_sets": args.test_sets,
         "posterior_mean": dict(zip(names, q_mean.tolist(), strict=True)),
         "reference_mean": dict(zip(names, ref.mean(0).tolist(), strict=True)),
@@ -174,6 +181,7 @@ def lotka_volterra(mode: str, args) -> dict:
         "targets": {
             "w2_below_0.0402": statistics.fmean(w2s) < TARGET_W2,
             "mmd_below_0.95e-3": statistics.fmean(mmds) < TARGET_MMD,
+            "mmd_unit_kernel_below_0.95e-3": statistics.fmean(mmds_unit) < TARGET_MMD,
             "10k_draws_under_50ms": best_draw_seconds(speed) < TARGET_SAMPLE_S,
             "speedup_over_1000x": reference_s / best_draw_seconds(speed) > TARGET_RATIO,
             "train_under_30min": train_s < TARGET_TRAIN_S,

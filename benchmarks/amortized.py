@@ -122,13 +122,18 @@ def lotka_volterra(mode: str, args) -> dict:
         pyro.get_param_store().load(args.init_params)
         log(f"lotka_volterra/{mode}: parameters loaded from {args.init_params}")
     fwd = mode == "forward"
-    history, train_s = train(
-        problem.model, guide, mode, args, steps=args.lv_steps_forward if fwd else args.lv_steps,
-        lr=args.lr_forward if fwd else args.lr_reverse,
-        batch_size=args.batch_forward if fwd else args.batch_reverse,
-        num_simulations=args.num_simulations if fwd else None,
-    )
-    log(f"lotka_volterra/{mode}: trained {history.steps} steps in {train_s:.0f} s")
+    if args.evaluate_only:  # the loaded parameters as they are
+        history, train_s = None, 0.0
+        guide.posterior(problem.observation(0))  # set up now: setup draws from the global RNG
+    else:
+        history, train_s = train(
+            problem.model, guide, mode, args,
+            steps=args.lv_steps_forward if fwd else args.lv_steps,
+            lr=args.lr_forward if fwd else args.lr_reverse,
+            batch_size=args.batch_forward if fwd else args.batch_reverse,
+            num_simulations=args.num_simulations if fwd else None,
+        )
+        log(f"lotka_volterra/{mode}: trained {history.steps} steps in {train_s:.0f} s")
     if args.save_params:
         with atomic_path(args.save_params) as tmp:
             pyro.get_param_store().save(tmp)
@@ -156,9 +161,9 @@ def lotka_volterra(mode: str, args) -> dict:
     speed = time_draws(guide, y_new[0], args.repeats)
     reference_s = float(problem_reference_seconds())
     s = sbc(guide, problem.model, num_datasets=args.sbc_datasets, num_draws=args.sbc_draws,
-            seed=1)
+            seed=args.sbc_seed)
     c = coverage(guide, problem.model, num_datasets=args.sbc_datasets,
-                 num_draws=args.coverage_draws, seed=2)
+                 num_draws=args.coverage_draws, seed=args.sbc_seed + 1)
     q_mean = stack(guide.sample(y_obs, n), names).mean(0)
     return {
         "problem": "lotka_volterra", "mode": mode,
@@ -168,9 +173,11 @@ def lotka_volterra(mode: str, args) -> dict:
         "n_test": n, "test_sets": args.test_sets,
         "posterior_mean": dict(zip(names, q_mean.tolist(), strict=True)),
         "reference_mean": dict(zip(names, ref.mean(0).tolist(), strict=True)),
-        "train_seconds": train_s, "steps": history.steps,
-        "best_step": history.best_step, "stopped_early": history.stopped_early,
-        "final_loss": statistics.fmean(history.loss[-50:]),
+        "train_seconds": train_s, "steps": history.steps if history else 0,
+        "best_step": history.best_step if history else None,
+        "stopped_early": history.stopped_early if history else False,
+        "final_loss": statistics.fmean(history.loss[-50:]) if history else None,
+        "init_params": args.init_params,
         "seconds_10k_draws": speed,
         "pymc_reference_seconds": reference_s,
         "speedup_vs_pymc": reference_s / best_draw_seconds(speed),
@@ -375,6 +382,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="reverse mode: anneal (default) or plain amortized ELBO")
     parser.add_argument("--init-params", metavar="PT",
                         help="Lotka-Volterra: start from a param store saved by --save-params")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="Lotka-Volterra: evaluate the --init-params guide without training")
+    parser.add_argument("--sbc-seed", type=int, default=1,
+                        help="seed of the SBC datasets (coverage uses seed + 1)")
     parser.add_argument("--save-params", metavar="PT",
                         help="Lotka-Volterra: save the trained param store here")
     parser.add_argument("--progress", action="store_true")
@@ -387,6 +398,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
+    if args.evaluate_only and not args.init_params:
+        parser.error("--evaluate-only needs --init-params (the parameters to evaluate)")
     if args.timing_only:
         entry = timing_only(args)
         payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -140,6 +140,41 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
         fresh().fit(u=u, y=y, steps=30, checkpoint=path, **{**kwargs, "eps": 0.5})
 
 
+def test_plan_refresh_draws_new_plans_and_resumes_exactly(tmp_path, monkeypatch):
+    import pyro_kr.flow_matching.training as training
+
+    calls = []
+    real_plan = training.cot_plan
+
+    def counting_plan(*args, **kwargs):
+        calls.append(args[1].clone())  # the source noise the plan was computed for
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(training, "cot_plan", counting_plan)
+    u, y = gaussian_pairs(200)
+    _, y_source = gaussian_pairs(200, seed=2)
+    kwargs = dict(batch_size=32, coupling="full", eps=1e-2, lr=3e-3, progress=False,
+                  checkpoint_every=5, plan_refresh_every=5, y_source=y_source)
+
+    def fresh() -> COTFlowMatching:
+        pyro.set_rng_seed(0)
+        return COTFlowMatching(dim_u=1, dim_y=1, width=8, depth=1)
+
+    straight = fresh()
+    history = straight.fit(u=u, y=y, steps=12, **kwargs)
+    assert len(calls) == 3  # the first plan, then before steps 5 and 10
+    assert not torch.equal(calls[0], calls[1]) and not torch.equal(calls[1], calls[2])
+    assert history.coupling_seconds > 0
+    path = tmp_path / "cot.pt"
+    fresh().fit(u=u, y=y, steps=5, checkpoint=path, **kwargs)  # stops just before a refresh
+    resumed = fresh()
+    resumed.fit(u=u, y=y, steps=12, checkpoint=path, **kwargs)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="was written with"):
+        fresh().fit(u=u, y=y, steps=30, checkpoint=path, **{**kwargs, "plan_refresh_every": 4})
+
+
 class NaNAfter(nn.Module):
     """A velocity whose output turns NaN from the ``bad``-th call on."""
 
@@ -173,6 +208,9 @@ def test_nan_loss_names_the_step_and_restores_finite_parameters():
         ({"coupling": "sinkhorn"}, ValueError, "coupling must be one of"),
         ({"validation": 1.5}, ValueError, "validation must be None"),
         ({"y_source": torch.zeros(5, 2)}, ValueError, r"y_source must have shape \(m, 1\)"),
+        ({"plan_refresh_every": 0}, ValueError, "plan_refresh_every must be >= 1"),
+        ({"plan_refresh_every": 5, "coupling": "minibatch"}, ValueError,
+         "plan_refresh_every applies to coupling='full' only"),
     ],
 )
 def test_bad_fit_options_raise(kwargs, error, match):

@@ -197,6 +197,7 @@ class COTFlowMatching(nn.Module):
         validate_every: int = 1_000,
         validation_ode_steps: int = 20,
         y_source: torch.Tensor | None = None,
+        plan_refresh_every: int | None = None,
         seed: int = 0,
     ) -> FlowMatchingHistory:
         """Simulate (or take) training pairs, couple them and train the velocity field.
@@ -226,6 +227,9 @@ class COTFlowMatching(nn.Module):
                 in sample mode, the training ``y`` (then ``coupling="full"`` with a small
                 ``eps`` pairs every ``y`` with itself and reduces to FM with fixed noise: pass
                 independent draws for a real COT plan).
+            plan_refresh_every: with ``coupling="full"``, draw new source noise and recompute
+                the plan every this many steps (``None``: one plan for the whole run). A
+                fixed plan fixes one noise draw per pair, which a long run can memorise.
             seed: seed of the generator behind batches, noise, times and couplings.
 
         Returns:
@@ -242,9 +246,17 @@ class COTFlowMatching(nn.Module):
             validate_every=check_dim("validate_every", validate_every),
             validation_ode_steps=check_dim("validation_ode_steps", validation_ode_steps),
             checkpoint_every=check_dim("checkpoint_every", checkpoint_every),
+            plan_refresh_every=None
+            if plan_refresh_every is None
+            else check_dim("plan_refresh_every", plan_refresh_every),
         )
         if coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+        if plan_refresh_every is not None and coupling != "full":
+            raise ValueError(
+                f"plan_refresh_every applies to coupling='full' only (got coupling={coupling!r}"
+                "): minibatch plans are new every step already"
+            )
         ref = self._reference()
         if self.simulator is not None:
             if u is not None or y is not None:

@@ -42,16 +42,20 @@ class TrainConfig:
     validate_every: int = 1_000
     validation_ode_steps: int = 20
     checkpoint_every: int = 1_000
+    plan_refresh_every: int | None = None
 
     def resume_key(self) -> dict:
         """The options a resumed run must share with the checkpoint."""
-        return {
+        key = {
             "eps": self.eps,
             "sigma": self.sigma,
             "batch_size": self.batch_size,
             "coupling": self.coupling,
             "seed": self.seed,
         }
+        if self.plan_refresh_every is not None:  # absent: checkpoints of older runs resume
+            key["plan_refresh_every"] = self.plan_refresh_every
+        return key
 
 
 @dataclass
@@ -81,11 +85,16 @@ class _Batches:
                     state["rows"], state["cols"], state["weights"], state["shape"]
                 )
             else:
-                n = y_source.shape[0]
-                self.u0_full = torch.randn(n, u.shape[1], generator=gen).to(u)
-                plan = cot_plan(y_source, self.u0_full, y, u, eps=config.eps)
-                self.sampler = PlanSampler(plan)
-                del plan
+                self.refresh()
+
+    def refresh(self) -> None:
+        """Draw new source noise and recompute the full plan (``coupling="full"``)."""
+        n = self.y_source.shape[0]
+        self.sampler = None  # free the previous plan's support before building the next
+        self.u0_full = torch.randn(n, self.u.shape[1], generator=self.gen).to(self.u)
+        plan = cot_plan(self.y_source, self.u0_full, self.y, self.u, eps=self.config.eps)
+        self.sampler = PlanSampler(plan)
+        del plan
 
     def state(self) -> dict | None:
         if self.sampler is None:
@@ -218,7 +227,12 @@ def train_flow_matching(
     last_good = [p.detach().clone() for p in params]
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="COT-FM")
     began = time.perf_counter()
+    refresh = config.plan_refresh_every if config.coupling == "full" else None
     for step in range(start, config.steps):
+        if refresh is not None and step > 0 and step % refresh == 0:
+            t_coupling = time.perf_counter()
+            batches.refresh()  # fresh noise, new plan: the fixed pairs are not memorised
+            history.coupling_seconds += time.perf_counter() - t_coupling
         y0, u0, y1, u1 = batches()
         t = torch.rand(y0.shape[0], 1, generator=gen).to(u)
         y_t = t * y1 + (1 - t) * y0 + config.sigma * torch.randn(y0.shape, generator=gen).to(u)

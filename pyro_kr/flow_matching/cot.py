@@ -209,8 +209,8 @@ class COTFlowMatching(nn.Module):
             eps: weight of ``|u1 - u0|^2`` in the coupling cost, ``> 0``.
             sigma: standard deviation of the Gaussian smoothing of the paths, ``>= 0``.
             batch_size: pairs per step.
-            coupling: ``"full"`` (one exact plan on the whole set; memory ``O(n^2)``, fine up
-                to ~10k pairs), ``"minibatch"`` (an exact plan per batch) or ``"independent"``
+            coupling: ``"full"`` (one exact plan on the whole set; memory ``O(n^2)``, ~13 GB
+                at 20k pairs), ``"minibatch"`` (an exact plan per batch) or ``"independent"``
                 (each pair keeps its own ``y`` with independent noise ``u0``: plain
                 conditional flow matching, the "FM" ablation).
             lr: Adam learning rate.

@@ -314,7 +314,7 @@ class AmortizedKR(PackedKRGuide):
         """A detached snapshot of the networks in ``dtype`` for fast serving of draws.
 
         ``guide.sampler().sample(y, n)`` draws like :meth:`sample`, in float32 by default
-        (2-3x faster on a CPU); later training does not change the snapshot.
+        (about 2x faster on a CPU); later training does not change the snapshot.
         """
         return PosteriorSampler(self, dtype=dtype, device=device)
 

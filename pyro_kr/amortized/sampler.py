@@ -3,7 +3,7 @@
 A trained guide's parameters live in Pyro's param store, in the dtype they were trained in
 (usually float64, which the ODE and PDE problems need for training). Serving posterior
 draws needs neither gradients nor float64: a detached float32 copy of the networks draws the
-same samples (to float32 rounding) about 2-3 times faster on a CPU. The copy is a snapshot:
+same samples (to float32 rounding) about twice as fast on a CPU. The copy is a snapshot:
 training the guide further does not change it (take a new one).
 """
 

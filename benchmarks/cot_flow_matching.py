@@ -31,6 +31,7 @@ import pyro
 import torch
 
 from pyro_kr.flow_matching import COTFlowMatching
+from pyro_kr.metrics import UNIT_KERNEL_BANDWIDTH
 from pyro_kr.problems.joint2d import DATASETS
 
 PAPER_W2 = {  # x 1e-2, paper 004 Table 1 / Table 2 (COT-FM; FM in brackets below)
@@ -49,10 +50,7 @@ PAPER_FM_W2 = {"checkerboard": 8.81, "moons": 15.55, "circles": 7.03, "swissroll
 COUPLING = {"cot": "minibatch", "cot_full": "full", "fm": "independent"}
 
 
-# The kernel k(a, b) = exp(-|a - b|^2) (bandwidth h = 1/sqrt(2)) of the MMD in Wang et al.
-# 2023's PCP-Map code (src/mmd.py, alpha = 1), whose baselines paper 004 ran with that code.
-# Paper 004 does not state its own kernel; we report this convention beside the median one.
-UNIT_KERNEL_H = 2.0**-0.5
+UNIT_KERNEL_H = UNIT_KERNEL_BANDWIDTH  # exp(-|a - b|^2), the PCP-Map code MMD kernel
 
 
 def metrics_fns():

@@ -24,13 +24,14 @@ from __future__ import annotations
 from pyro_kr.metrics._inputs import Draws, as_draws, as_pair, flatten_names
 from pyro_kr.metrics.c2st import c2st
 from pyro_kr.metrics.compare import DEFAULT_METRICS, METRICS, compare, noise_floor
-from pyro_kr.metrics.mmd import median_bandwidth, mmd2
+from pyro_kr.metrics.mmd import UNIT_KERNEL_BANDWIDTH, median_bandwidth, mmd2
 from pyro_kr.metrics.moments import MomentErrors, moment_errors
 from pyro_kr.metrics.wasserstein import sliced_w2, w2
 
 __all__ = [
     "DEFAULT_METRICS",
     "METRICS",
+    "UNIT_KERNEL_BANDWIDTH",
     "Draws",
     "MomentErrors",
     "as_draws",

@@ -72,7 +72,7 @@ def run_joint2d(name: str, method: str, args) -> dict:
     u, y = gen(args.n_train, seed=0)
     _, y_source = gen(args.n_train, seed=1)
     u_val, y_val = gen(args.n_val, seed=2)
-    pyro.set_rng_seed(0)
+    pyro.set_rng_seed(args.seed)
     cot = COTFlowMatching(
         dim_u=1, dim_y=1, width=args.width, depth=args.depth, standardize=False
     )
@@ -89,8 +89,11 @@ def run_joint2d(name: str, method: str, args) -> dict:
         validate_every=max(1, args.steps // args.validations),
         y_source=y_source,
         plan_refresh_every=args.plan_refresh_every if COUPLING[method] == "full" else None,
+        plan_block_size=args.plan_block_size if COUPLING[method] == "full" else None,
+        ema_decay=args.ema_decay,
+        lr_schedule=args.lr_schedule,
         progress=args.progress,
-        seed=0,
+        seed=args.seed,
     )
     w2s, mmds, floor_w2, floor_mmd, sample_s = [], [], [], [], []
     mmds_unit, floor_unit = [], []
@@ -110,10 +113,22 @@ def run_joint2d(name: str, method: str, args) -> dict:
         floor_w2.append(w2(truth, target))
         floor_mmd.append(mmd2(truth, target))
         floor_unit.append(mmd2(truth, target, bandwidth=UNIT_KERNEL_H))
+    by_steps = {}
+    for steps in args.extra_ode_steps:  # the same test sets and seeds, another RK4 step count
+        values = []
+        for k in range(args.test_sets):
+            u_t, y_t = gen(args.n_test, seed=100 + k)
+            _, y_s = gen(args.n_test, seed=200 + k)
+            torch.manual_seed(300 + k)
+            u_hat = cot.posterior(y_s, ode_steps=steps).sample()
+            values.append(w2(torch.cat([y_s, u_hat], -1).double(),
+                             torch.cat([y_t, u_t], -1).double()))
+        by_steps[str(steps)] = summary(values, 1e2)
     return {
         "problem": name,
         "method": method,
         "coupling": COUPLING[method],
+        "w2_x1e2_by_ode_steps": by_steps,
         "w2_x1e2": summary(w2s, 1e2),
         "mmd2_x1e3": summary(mmds, 1e3),
         "floor_w2_x1e2": summary(floor_w2, 1e2),
@@ -141,7 +156,7 @@ def run_lotka_volterra(method: str, args) -> dict:
         return {"problem": "lotka_volterra", "method": method, "not_run": repr(error)}
     names = problem.param_names
     ref = torch.stack([torch.as_tensor(reference[k]).reshape(-1) for k in names], -1).double()
-    pyro.set_rng_seed(0)
+    pyro.set_rng_seed(args.seed)
     cot = COTFlowMatching(
         problem.model, observed="y", width=args.width, depth=args.depth, transform_y=torch.log
     )
@@ -156,8 +171,11 @@ def run_lotka_volterra(method: str, args) -> dict:
         validation=args.n_val,
         validate_every=max(1, args.steps // args.validations),
         plan_refresh_every=None if method == "fm" else args.plan_refresh_every,
+        plan_block_size=None if method == "fm" else args.plan_block_size,
+        ema_decay=args.ema_decay,
+        lr_schedule=args.lr_schedule,
         progress=args.progress,
-        seed=0,
+        seed=args.seed,
     )
     post = cot.posterior(problem.observation(0), ode_steps=args.ode_steps)
     n = min(args.n_test, ref.shape[0] // 2)
@@ -178,10 +196,24 @@ def run_lotka_volterra(method: str, args) -> dict:
         floor_w2.append(w2(ref_b, ref_a))
         floor_mmd.append(mmd2(ref_b, ref_a))
         floor_unit.append(mmd2(ref_b, ref_a, bandwidth=UNIT_KERNEL_H))
+    mean_error = (q.mean(0) - ref.mean(0)).tolist()  # the last test set's draws
+    by_steps = {}
+    for steps in args.extra_ode_steps:  # the same reference subsets, another RK4 step count
+        post_k = cot.posterior(problem.observation(0), ode_steps=steps)
+        gen_k, values = torch.Generator().manual_seed(0), []
+        for k in range(args.test_sets):
+            torch.manual_seed(300 + k)
+            draws = cot.unpack(post_k.sample((n,)))
+            q = torch.stack([draws[k_].reshape(n) for k_ in names], -1).double()
+            perm = torch.randperm(ref.shape[0], generator=gen_k)
+            values.append(w2(q, ref[perm[:n]]))
+        by_steps[str(steps)] = summary(values, 1e2)
     return {
         "problem": "lotka_volterra",
         "method": method,
         "coupling": "independent" if method == "fm" else "full",
+        "w2_x1e2_by_ode_steps": by_steps,
+        "posterior_mean_error": dict(zip(names, mean_error, strict=True)),
         "w2_x1e2": summary(w2s, 1e2),
         "mmd2_x1e3": summary(mmds, 1e3),
         "floor_w2_x1e2": summary(floor_w2, 1e2),
@@ -201,7 +233,7 @@ def run_lotka_volterra(method: str, args) -> dict:
 def config_dict(args) -> dict:
     keys = ("steps", "width", "depth", "batch_size", "eps", "sigma", "lr", "n_train", "n_test",
             "test_sets", "ode_steps", "threads", "lv_simulations", "plan_refresh_every",
-            "validations")
+            "validations", "ema_decay", "lr_schedule", "seed", "plan_block_size")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -251,14 +283,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-sets", type=int, default=5)
     parser.add_argument("--validations", type=int, default=8, help="validations per run")
     parser.add_argument("--ode-steps", type=int, default=50)
+    parser.add_argument("--extra-ode-steps", default="",
+                        help="comma list: also report W2 with these RK4 step counts")
     parser.add_argument("--lv-simulations", type=int, default=10_000)
     parser.add_argument("--plan-refresh-every", type=int, default=None,
                         help="full plans: new noise and plan every this many steps")
+    parser.add_argument("--plan-block-size", type=int, default=None,
+                        help="full plans: one exact plan per random block of this many pairs")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="moving average of the weights with this decay (e.g. 0.999)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the network, the training draws and the simulations "
+                             "(test sets keep their seeds)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/cot_flow_matching.json")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no JSON written")
     args = parser.parse_args(argv)
+    args.extra_ode_steps = [int(v) for v in args.extra_ode_steps.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.steps, args.width, args.depth, args.batch_size = 30, 16, 2, 64

@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=20_000)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--eps", type=float, default=1e-3)
+    parser.add_argument("--plan-block-size", type=int, default=None,
+                        help="--coupling full: one exact plan per random block of this size")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="moving average of the weights, e.g. 0.999")
     parser.add_argument("--out", default="two_dim_conditional.png")
     parser.add_argument("--smoke", action="store_true", help="tiny run, no figure")
     args = parser.parse_args(argv)
@@ -39,9 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     pyro.set_rng_seed(0)
 
     u, y = DATASETS[args.dataset](args.n_train, seed=0)
+    _, y_source = DATASETS[args.dataset](args.n_train, seed=1)  # independent source y (paper 004)
     cot = COTFlowMatching(dim_u=1, dim_y=1, width=args.width, depth=3 if args.smoke else 4)
-    history = cot.fit(u=u, y=y, steps=args.steps, batch_size=256, coupling=args.coupling,
-                      eps=args.eps, sigma=1e-2, lr=1e-3, progress=not args.smoke)
+    history = cot.fit(u=u, y=y, y_source=y_source, steps=args.steps, batch_size=256,
+                      coupling=args.coupling, eps=args.eps, sigma=1e-2, lr=1e-3,
+                      plan_block_size=args.plan_block_size if args.coupling == "full" else None,
+                      ema_decay=args.ema_decay, progress=not args.smoke)
     print(f"trained {args.steps} steps in {history.train_seconds:.1f} s, "
           f"final loss {sum(history.loss[-20:]) / 20:.4f}")
 

@@ -175,6 +175,127 @@ def test_plan_refresh_draws_new_plans_and_resumes_exactly(tmp_path, monkeypatch)
         fresh().fit(u=u, y=y, steps=30, checkpoint=path, **{**kwargs, "plan_refresh_every": 4})
 
 
+def test_ema_weights_are_the_moving_average_of_the_trajectory():
+    """With ``ema_decay`` the fitted weights are ``ema_k = d ema_{k-1} + (1 - d) p_k``."""
+    u, y = gaussian_pairs(200)
+    decay, steps = 0.7, 4
+    kwargs = dict(batch_size=32, coupling="independent", lr=1e-2, progress=False)
+
+    def fresh() -> COTFlowMatching:
+        pyro.set_rng_seed(0)
+        return COTFlowMatching(dim_u=1, dim_y=1, width=8, depth=1)
+
+    # a constant-lr run does not depend on the total steps: run k gives the weights after k
+    trajectory = []
+    for k in range(1, steps + 1):
+        run = fresh()
+        run.fit(u=u, y=y, steps=k, **kwargs)
+        trajectory.append([p.detach().clone() for p in run.velocity.parameters()])
+    expected = trajectory[0]
+    for weights in trajectory[1:]:
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights, strict=True)]
+    averaged = fresh()
+    averaged.fit(u=u, y=y, steps=steps, ema_decay=decay, **kwargs)
+    for got, want, raw in zip(averaged.velocity.parameters(), expected, trajectory[-1],
+                              strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+        assert not torch.allclose(got, raw, atol=1e-6)  # not the raw last weights
+
+
+def test_ema_validation_scores_and_keeps_the_averaged_weights():
+    pyro.set_rng_seed(0)
+    u, y = gaussian_pairs(600)
+    cot = COTFlowMatching(dim_u=1, dim_y=1, width=16, depth=2)
+    history = cot.fit(u=u, y=y, steps=60, batch_size=64, coupling="independent", lr=3e-3,
+                      validation=0.2, validate_every=20, validation_ode_steps=5,
+                      ema_decay=0.9, progress=False)
+    u_val = (u[:120] - cot.u_loc) / cot.u_scale
+    y_val = (y[:120] - cot.y_loc) / cot.y_scale
+    again = validation_w2(cot.velocity, u_val, y_val, ode_steps=5, seed=0)
+    assert again == pytest.approx(history.best_w2, rel=1e-6)
+
+
+class InterruptAt(VelocityMLP):
+    """A velocity field that raises ``KeyboardInterrupt`` on its ``at``-th training call."""
+
+    def __init__(self, *args, at: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.at = 0, at
+
+    def forward(self, t, y, u):
+        self.calls += 1
+        if self.at is not None and self.calls == self.at:
+            raise KeyboardInterrupt
+        return super().forward(t, y, u)
+
+
+def test_cosine_schedule_and_ema_resume_exactly_after_an_interrupt(tmp_path):
+    u, y = gaussian_pairs(200)
+    kwargs = dict(steps=20, batch_size=32, coupling="independent", lr=1e-2, progress=False,
+                  checkpoint_every=5, ema_decay=0.8, lr_schedule="cosine")
+
+    def fresh(at=None) -> COTFlowMatching:
+        pyro.set_rng_seed(0)
+        return COTFlowMatching(dim_u=1, dim_y=1, velocity=InterruptAt(1, 1, width=8, depth=1,
+                                                                      at=at))
+
+    straight = fresh()
+    straight.fit(u=u, y=y, **kwargs)
+    constant = fresh()
+    constant.fit(u=u, y=y, **{**kwargs, "lr_schedule": "constant"})
+    assert not torch.allclose(straight.velocity.net[0].weight, constant.velocity.net[0].weight)
+    path = tmp_path / "cot.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fresh(at=13).fit(u=u, y=y, checkpoint=path, **kwargs)
+    assert torch.load(path, weights_only=False)["step"] == 10
+    resumed = fresh()
+    resumed.fit(u=u, y=y, checkpoint=path, **kwargs)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="was written with"):  # the schedule depends on steps
+        fresh().fit(u=u, y=y, checkpoint=path, **{**kwargs, "steps": 30})
+
+
+def test_plan_block_size_splits_the_full_plan_and_resumes(tmp_path, monkeypatch):
+    import pyro_kr.flow_matching.couplings as couplings
+
+    sizes = []
+    real_plan = couplings.cot_plan
+
+    def counting_plan(y0, *args, **kwargs):
+        sizes.append(y0.shape[0])
+        return real_plan(y0, *args, **kwargs)
+
+    monkeypatch.setattr(couplings, "cot_plan", counting_plan)
+    u, y = gaussian_pairs(120)
+    _, y_source = gaussian_pairs(120, seed=2)
+    kwargs = dict(batch_size=32, coupling="full", eps=1e-2, lr=3e-3, progress=False,
+                  y_source=y_source, checkpoint_every=5)
+
+    def fresh() -> COTFlowMatching:
+        pyro.set_rng_seed(0)
+        return COTFlowMatching(dim_u=1, dim_y=1, width=8, depth=1)
+
+    whole, large_block = fresh(), fresh()
+    whole.fit(u=u, y=y, steps=10, **kwargs)
+    large_block.fit(u=u, y=y, steps=10, plan_block_size=500, **kwargs)  # one block: same run
+    for a, b in zip(whole.parameters(), large_block.parameters(), strict=True):
+        assert torch.equal(a, b)
+    sizes.clear()
+    blocked = fresh()
+    blocked.fit(u=u, y=y, steps=10, plan_block_size=40, **kwargs)
+    assert sizes == [40, 40, 40]
+    assert not torch.equal(blocked.velocity.net[0].weight, whole.velocity.net[0].weight)
+    path = tmp_path / "cot.pt"
+    fresh().fit(u=u, y=y, steps=5, plan_block_size=40, checkpoint=path, **kwargs)
+    resumed = fresh()
+    resumed.fit(u=u, y=y, steps=10, plan_block_size=40, checkpoint=path, **kwargs)
+    for a, b in zip(blocked.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="was written with"):
+        fresh().fit(u=u, y=y, steps=20, checkpoint=path, **kwargs)  # no block size now
+
+
 class NaNAfter(nn.Module):
     """A velocity whose output turns NaN from the ``bad``-th call on."""
 
@@ -211,6 +332,12 @@ def test_nan_loss_names_the_step_and_restores_finite_parameters():
         ({"plan_refresh_every": 0}, ValueError, "plan_refresh_every must be >= 1"),
         ({"plan_refresh_every": 5, "coupling": "minibatch"}, ValueError,
          "plan_refresh_every applies to coupling='full' only"),
+        ({"plan_block_size": 0}, ValueError, "plan_block_size must be >= 1"),
+        ({"plan_block_size": 10, "coupling": "independent"}, ValueError,
+         "plan_block_size applies to coupling='full' only"),
+        ({"ema_decay": 1.0}, ValueError, r"ema_decay must be a float in \(0, 1\)"),
+        ({"ema_decay": "0.9"}, ValueError, r"ema_decay must be a float in \(0, 1\)"),
+        ({"lr_schedule": "linear"}, ValueError, "lr_schedule must be one of"),
     ],
 )
 def test_bad_fit_options_raise(kwargs, error, match):

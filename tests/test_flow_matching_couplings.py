@@ -9,6 +9,7 @@ pytest.importorskip("ot")
 
 from pyro_kr.flow_matching.couplings import (  # noqa: E402
     PlanSampler,
+    block_plan_sampler,
     cot_cost_matrix,
     cot_plan,
     match_pairs,
@@ -113,3 +114,56 @@ def test_bad_inputs_raise():
         cot_plan(torch.zeros(3), x, x, x, eps=0.1)
     with pytest.raises(TypeError, match="eps must be a float"):
         cot_cost_matrix(x, x, x, x, eps="0.1")
+
+
+def test_plan_that_hits_the_iteration_cap_raises_instead_of_returning():
+    gen = torch.Generator().manual_seed(0)
+    y, u0, u1 = (torch.randn(40, 1, generator=gen, dtype=torch.float64) for _ in range(3))
+    with pytest.raises(RuntimeError, match="did not find the optimal plan for 40 x 40"):
+        cot_plan(y, u0, y.flip(0), u1, eps=0.1, num_iter_max=3)
+    assert cot_plan(y, u0, y.flip(0), u1, eps=0.1).sum() == pytest.approx(1.0)
+
+
+def test_cost_matrix_keeps_gradients_when_inputs_require_them():
+    gen = torch.Generator().manual_seed(0)
+    y0, u0, y1, u1 = (torch.randn(5, 2, generator=gen, dtype=torch.float64) for _ in range(4))
+    y0.requires_grad_(True)
+    no_grad = cot_cost_matrix(y0.detach(), u0, y1, u1, eps=0.3)  # the in-place path
+    cost = cot_cost_matrix(y0, u0, y1, u1, eps=0.3)
+    assert torch.allclose(cost, no_grad, atol=1e-12)
+    (grad,) = torch.autograd.grad(cost.sum(), y0)
+    assert torch.allclose(grad, 2 * (5 * y0 - y1.sum(0)).detach(), atol=1e-10)
+
+
+def test_block_plans_keep_target_marginal_and_call_one_plan_per_block(monkeypatch):
+    import pyro_kr.flow_matching.couplings as couplings
+
+    sizes = []
+    real_plan = couplings.cot_plan
+
+    def counting_plan(y0, u0, y1, u1, **kwargs):
+        sizes.append((y0.shape[0], y1.shape[0]))
+        return real_plan(y0, u0, y1, u1, **kwargs)
+
+    monkeypatch.setattr(couplings, "cot_plan", counting_plan)
+    gen = torch.Generator().manual_seed(0)
+    y0, u0 = torch.randn(50, 2, generator=gen), torch.randn(50, 1, generator=gen)
+    y1, u1 = torch.randn(70, 2, generator=gen), torch.randn(70, 1, generator=gen)
+    sampler = block_plan_sampler(y0, u0, y1, u1, eps=0.1, block_size=20,
+                                 generator=torch.Generator().manual_seed(1))
+    assert len(sizes) == 4 and all(max(a, b) <= 20 for a, b in sizes)
+    assert sum(a for a, _ in sizes) == 50 and sum(b for _, b in sizes) == 70
+    assert sampler.shape == (50, 70)
+    col_mass = torch.zeros(70, dtype=torch.float64).index_add_(0, sampler.cols, sampler.weights)
+    assert torch.allclose(col_mass, torch.full((70,), 1 / 70, dtype=torch.float64))
+    row_mass = torch.zeros(50, dtype=torch.float64).index_add_(0, sampler.rows, sampler.weights)
+    assert bool((row_mass > 0).all())  # every source pair is used
+
+
+def test_block_plans_on_identical_sets_pair_every_point_with_itself():
+    gen = torch.Generator().manual_seed(0)
+    y, u0, u1 = torch.randn(40, 1, generator=gen), torch.randn(40, 1), torch.randn(40, 1)
+    sampler = block_plan_sampler(y, u0, y, u1, eps=1e-6, block_size=16,
+                                 generator=torch.Generator().manual_seed(2))
+    assert sampler.is_permutation
+    assert torch.equal(sampler.rows, sampler.cols)

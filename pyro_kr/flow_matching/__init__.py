@@ -11,6 +11,7 @@ from __future__ import annotations
 from pyro_kr.flow_matching.cot import COTFlowMatching
 from pyro_kr.flow_matching.couplings import (
     PlanSampler,
+    block_plan_sampler,
     cot_cost_matrix,
     cot_plan,
     match_pairs,
@@ -32,6 +33,7 @@ __all__ = [
     "TrainConfig",
     "TriangularVelocity",
     "VelocityMLP",
+    "block_plan_sampler",
     "call_velocity",
     "cot_cost_matrix",
     "cot_plan",

@@ -19,6 +19,7 @@ from pyro_kr.flow_matching.posterior import FlowPosterior
 from pyro_kr.flow_matching.simulate import ModelSimulator
 from pyro_kr.flow_matching.training import (
     COUPLINGS,
+    LR_SCHEDULES,
     FlowMatchingHistory,
     TrainConfig,
     train_flow_matching,
@@ -198,6 +199,9 @@ class COTFlowMatching(nn.Module):
         validation_ode_steps: int = 20,
         y_source: torch.Tensor | None = None,
         plan_refresh_every: int | None = None,
+        plan_block_size: int | None = None,
+        ema_decay: float | None = None,
+        lr_schedule: str = "constant",
         seed: int = 0,
     ) -> FlowMatchingHistory:
         """Simulate (or take) training pairs, couple them and train the velocity field.
@@ -209,7 +213,7 @@ class COTFlowMatching(nn.Module):
             eps: weight of ``|u1 - u0|^2`` in the coupling cost, ``> 0``.
             sigma: standard deviation of the Gaussian smoothing of the paths, ``>= 0``.
             batch_size: pairs per step.
-            coupling: ``"full"`` (one exact plan on the whole set; memory ``O(n^2)``, ~13 GB
+            coupling: ``"full"`` (one exact plan on the whole set; memory ``O(n^2)``, ~16 GB
                 at 20k pairs), ``"minibatch"`` (an exact plan per batch) or ``"independent"``
                 (each pair keeps its own ``y`` with independent noise ``u0``: plain
                 conditional flow matching, the "FM" ablation).
@@ -230,11 +234,29 @@ class COTFlowMatching(nn.Module):
             plan_refresh_every: with ``coupling="full"``, draw new source noise and recompute
                 the plan every this many steps (``None``: one plan for the whole run). A
                 fixed plan fixes one noise draw per pair, which a long run can memorise.
+            plan_block_size: with ``coupling="full"``, split sets larger than this into random
+                blocks with one exact plan each (memory ``O(block^2)`` instead of ``O(n^2)``;
+                ``None``: one plan on the whole set).
+            ema_decay: keep an exponential moving average of the velocity's parameters with
+                this decay in ``(0, 1)`` (e.g. ``0.999``); validation scores the averaged
+                weights and the fitted model uses them. ``None``: the raw weights.
+            lr_schedule: ``"constant"`` or ``"cosine"`` (annealed from ``lr`` to 0 over
+                ``steps``; a resumed run must keep the same ``steps``).
             seed: seed of the generator behind batches, noise, times and couplings.
 
         Returns:
             The :class:`FlowMatchingHistory` (also stored as ``self.history``).
         """
+        if ema_decay is not None and (
+            isinstance(ema_decay, bool)
+            or not isinstance(ema_decay, (int, float))
+            or not 0 < ema_decay < 1
+        ):
+            raise ValueError(
+                f"ema_decay must be a float in (0, 1), e.g. 0.999, or None; got {ema_decay!r}"
+            )
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         config = TrainConfig(
             steps=check_dim("steps", steps),
             eps=_check_positive("eps", eps),
@@ -249,9 +271,19 @@ class COTFlowMatching(nn.Module):
             plan_refresh_every=None
             if plan_refresh_every is None
             else check_dim("plan_refresh_every", plan_refresh_every),
+            plan_block_size=None
+            if plan_block_size is None
+            else check_dim("plan_block_size", plan_block_size),
+            ema_decay=None if ema_decay is None else float(ema_decay),
+            lr_schedule=lr_schedule,
         )
         if coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+        if plan_block_size is not None and coupling != "full":
+            raise ValueError(
+                f"plan_block_size applies to coupling='full' only (got coupling={coupling!r}); "
+                "minibatch plans use batch_size"
+            )
         if plan_refresh_every is not None and coupling != "full":
             raise ValueError(
                 f"plan_refresh_every applies to coupling='full' only (got coupling={coupling!r}"

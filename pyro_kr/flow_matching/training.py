@@ -8,6 +8,7 @@ parameters that gave a finite loss, and checkpoints are written atomically (temp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -18,7 +19,12 @@ import torch
 from torch import nn
 
 from pyro_kr.checkpoint import atomic_save, load_checkpoint
-from pyro_kr.flow_matching.couplings import PlanSampler, cot_plan, match_pairs
+from pyro_kr.flow_matching.couplings import (
+    PlanSampler,
+    block_plan_sampler,
+    cot_plan,
+    match_pairs,
+)
 from pyro_kr.flow_matching.ode import rk4_flow
 from pyro_kr.flow_matching.velocity import call_velocity
 from pyro_kr.metrics import w2
@@ -26,6 +32,7 @@ from pyro_kr.metrics import w2
 __all__ = ["COUPLINGS", "FlowMatchingHistory", "TrainConfig", "train_flow_matching", "w2"]
 
 COUPLINGS = ("full", "minibatch", "independent")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,9 @@ class TrainConfig:
     validation_ode_steps: int = 20
     checkpoint_every: int = 1_000
     plan_refresh_every: int | None = None
+    plan_block_size: int | None = None
+    ema_decay: float | None = None
+    lr_schedule: str = "constant"
 
     def resume_key(self) -> dict:
         """The options a resumed run must share with the checkpoint."""
@@ -55,7 +65,48 @@ class TrainConfig:
         }
         if self.plan_refresh_every is not None:  # absent: checkpoints of older runs resume
             key["plan_refresh_every"] = self.plan_refresh_every
+        if self.plan_block_size is not None:
+            key["plan_block_size"] = self.plan_block_size
+        if self.ema_decay is not None:
+            key["ema_decay"] = self.ema_decay
+        if self.lr_schedule != "constant":  # the cosine schedule is fixed by the total steps
+            key["lr_schedule"] = self.lr_schedule
+            key["steps"] = self.steps
         return key
+
+
+class _WeightAverage:
+    """An exponential moving average of the velocity's parameters (``ema_decay``).
+
+    Built on :class:`torch.optim.swa_utils.AveragedModel`; :meth:`swapped_in` puts the averaged
+    weights into the trained module for validation and for the state that is kept.
+    """
+
+    def __init__(self, velocity: nn.Module, decay: float) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.velocity = velocity
+        self.average = AveragedModel(velocity, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+    def update(self) -> None:
+        self.average.update_parameters(self.velocity)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        live = [p.detach().clone() for p in self.velocity.parameters()]
+        self.copy_into_velocity()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, kept in zip(self.velocity.parameters(), live, strict=True):
+                    p.copy_(kept)
+
+    def copy_into_velocity(self) -> None:
+        with torch.no_grad():
+            for p, avg in zip(self.velocity.parameters(), self.average.module.parameters(),
+                              strict=True):
+                p.copy_(avg)
 
 
 @dataclass
@@ -96,6 +147,13 @@ class _Batches:
         n = self.y_source.shape[0]
         self.sampler = None  # free the previous plan's support before building the next
         self.u0_full = torch.randn(n, self.u.shape[1], generator=self.gen).to(self.u)
+        block = self.config.plan_block_size
+        if block is not None and max(n, self.y.shape[0]) > block:
+            self.sampler = block_plan_sampler(
+                self.y_source, self.u0_full, self.y, self.u, eps=self.config.eps,
+                block_size=block, generator=self.gen,
+            )
+            return
         plan = cot_plan(self.y_source, self.u0_full, self.y, self.u, eps=self.config.eps)
         self.sampler = PlanSampler(plan)
         del plan
@@ -157,7 +215,9 @@ def train_flow_matching(
     """Regress ``velocity`` on ``u1 - u0`` along coupled straight paths (paper 004, eq. 10).
 
     Per step: draw a coupled batch, ``t ~ U(0, 1)``, ``z_t = t z1 + (1 - t) z0 + sigma * noise``
-    on both blocks, loss ``mean |v(t, y_t, u_t) - (u1 - u0)|^2``, one Adam step.
+    on both blocks, loss ``mean |v(t, y_t, u_t) - (u1 - u0)|^2``, one Adam step (learning rate
+    constant or cosine-annealed to 0 over ``config.steps``). With ``config.ema_decay`` the
+    validation and the returned module use the moving average of the parameters.
 
     Args:
         velocity: the velocity module being trained (its parameters are optimised).
@@ -179,6 +239,12 @@ def train_flow_matching(
     gen = torch.Generator().manual_seed(config.seed)
     params = [p for p in velocity.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+        if config.lr_schedule == "cosine"
+        else None
+    )
+    average = None if config.ema_decay is None else _WeightAverage(velocity, config.ema_decay)
     history = FlowMatchingHistory()
     best_state = None
     start = 0
@@ -192,6 +258,10 @@ def train_flow_matching(
             )
         owner.load_state_dict(saved["owner"])
         optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        if average is not None:
+            average.average.load_state_dict(saved["average"])
         gen.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         history = saved["history"]
@@ -213,6 +283,8 @@ def train_flow_matching(
             "history": history,
             "best_state": best_state,
             "plan": batches.state(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "average": None if average is None else average.average.state_dict(),
         }
         if extra_state is not None:
             state.update(extra_state())
@@ -220,13 +292,14 @@ def train_flow_matching(
 
     def validate(step: int) -> None:
         nonlocal best_state
-        value = validation_w2(
-            velocity, *validation, ode_steps=config.validation_ode_steps, seed=config.seed
-        )
-        history.val_w2.append((step, value))
-        if value < history.best_w2:
-            history.best_w2, history.best_step = value, step
-            best_state = copy.deepcopy(owner.state_dict())
+        with contextlib.nullcontext() if average is None else average.swapped_in():
+            value = validation_w2(
+                velocity, *validation, ode_steps=config.validation_ode_steps, seed=config.seed
+            )
+            history.val_w2.append((step, value))
+            if value < history.best_w2:
+                history.best_w2, history.best_step = value, step
+                best_state = copy.deepcopy(owner.state_dict())
 
     last_good = [p.detach().clone() for p in params]
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="COT-FM")
@@ -257,6 +330,10 @@ def train_flow_matching(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if average is not None:
+            average.update()
         history.loss.append(float(loss.detach()))
         done = step + 1
         if validation is not None and (done % config.validate_every == 0 or done == config.steps):
@@ -277,4 +354,6 @@ def train_flow_matching(
     history.train_seconds += time.perf_counter() - began
     if best_state is not None:
         owner.load_state_dict(best_state)
+    elif average is not None:
+        average.copy_into_velocity()
     return history

@@ -105,7 +105,7 @@ def cot_plan(
         u1: target parameters, shape ``(m, dim_u)``.
         eps: weight of the ``u`` cost, ``> 0``.
         num_iter_max: iteration cap of the network simplex. Reaching it raises: the plan
-            would not be optimal (20,000 pairs in 20 dimensions need a few million pivots).
+            would not be optimal (20,000 pairs in 20 dimensions need more than a million).
 
     Returns:
         Plan of shape ``(n, m)`` with row sums ``1/n`` and column sums ``1/m``; for ``n == m``
@@ -132,7 +132,8 @@ def cot_plan(
     if log["warning"] is not None:  # POT only warns; a suboptimal plan is not the COT coupling
         raise RuntimeError(
             f"ot.emd did not find the optimal plan for {n} x {m} pairs: {log['warning']} "
-            f"(num_iter_max={num_iter_max}); raise num_iter_max or use fewer pairs"
+            f"(num_iter_max={num_iter_max}); raise num_iter_max, or use fewer pairs "
+            "(plan_block_size= in COTFlowMatching.fit)"
         )
     if not bool(torch.isfinite(plan).all()) or float(plan.sum()) < 0.5:
         raise RuntimeError(

@@ -2,13 +2,14 @@
 
 Usage::
 
+    pyro-kr --version
     pyro-kr list
     pyro-kr reference PROBLEM [--observation I] [--draws N] [--chains C] [--method nuts]
-    pyro-kr bench PROBLEM [--methods a,b] [--steps N] [--seeds K] [--out DIR] [--num-draws N]
+    pyro-kr bench PROBLEM [--methods a,b] [--steps N] [--particles P] [--seeds K] [--out DIR]
 
 Exit codes: 0 success, 1 a run failed (e.g. a reference refused for poor convergence),
-2 bad input (unknown problem or method, unwritable ``--out``), 130 interrupted (Ctrl-C;
-finished results stay written).
+2 bad input (unknown problem, method or observation index, unwritable ``--out``), 130
+interrupted (Ctrl-C; finished results stay written).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+PARTICLES = 8
+"""Default ``--particles`` (``pyro_kr.bench.methods.PARTICLES``; kept here so that ``--help``
+does not import torch)."""
 
 
 class _UsageError(Exception):
@@ -31,6 +36,14 @@ def _problem(name: str):
     if name not in problems.names():
         raise _UsageError(f"unknown problem {name!r}; valid names: {', '.join(problems.names())}")
     return problems.get(name)
+
+
+def _observation(problem, index: int) -> None:
+    """Refuse an observation index the problem does not have (exit code 2, one message)."""
+    try:
+        problem.observation(index)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(f"--observation: {exc}") from None
 
 
 def _methods(text: str | None) -> list[str]:
@@ -90,6 +103,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
             "(problem.reference(i)); there is no MCMC reference to build"
         )
         return EXIT_OK
+    _observation(problem, args.observation)
     cache = reference.default_cache_dir() if args.cache_dir is None else args.cache_dir
     print(f"reference for {problem.name}, observation {args.observation} (cache: {cache})")
     from pyro_kr.bench.methods import reference_options
@@ -143,6 +157,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             "need a model density (flow matching has its own benchmark, "
             "benchmarks/cot_flow_matching.py)"
         )
+    _observation(problem, args.observation)
     method_names = _methods(args.methods)
     metric_names = _metrics(args.metrics)
     out = Path(args.out if args.out is not None else Path("pyro_kr_bench") / problem.name)
@@ -152,16 +167,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise _UsageError(str(exc)) from exc
     config = runner.BenchConfig(
         steps=args.steps if args.steps is not None else runner.default_steps(problem.name),
+        particles=args.particles,
         seeds=args.seeds,
         num_draws=args.num_draws,
         metric_n=args.metric_n,
         observation=args.observation,
         metrics=metric_names,
         psis=not args.no_psis,
+        psis_draws=args.psis_draws,
     )
     print(
-        f"bench {problem.name}: methods {', '.join(method_names)}; {config.steps} steps, "
-        f"{config.seeds} seed(s); output {out}"
+        f"bench {problem.name}: methods {', '.join(method_names)}; every SVI method "
+        f"{config.steps} steps x {config.particles} particles; {config.seeds} seed(s); "
+        f"output {out}"
     )
 
     def announce(name: str, record: dict) -> None:
@@ -196,6 +214,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     path = report.write_report(results, out, reference=ref, plots=not args.no_plots)
     print()
+    print("\n".join(report.verdict_lines(results)))
+    print(report.budget_line(results))
+    print()
     print(report.table(results))
     print(f"\nwrote {out / 'results.json'} and {path}")
     return EXIT_OK
@@ -224,6 +245,18 @@ def _report_after_interrupt(out: Path, ref, plots: bool) -> None:
         pass
 
 
+def _version() -> str:
+    """The installed package's version (read from its metadata: no torch import)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyro_kr")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        from pyro_kr import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``pyro-kr`` argument parser.
 
@@ -235,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyro-kr",
         description="Knothe-Rosenblatt posteriors for Pyro: benchmarks and MCMC references.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list problems and methods")
 
@@ -264,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--steps", type=int, default=None, help="optimizer steps per method (default: per problem)"
     )
+    bench.add_argument(
+        "--particles",
+        type=int,
+        default=PARTICLES,
+        help=f"ELBO particles per step, the same for every SVI method (default {PARTICLES})",
+    )
     bench.add_argument("--seeds", type=int, default=1)
     bench.add_argument("--out", default=None, help="output dir (default pyro_kr_bench/PROBLEM)")
     bench.add_argument("--num-draws", type=int, default=5000, help="posterior draws per run")
@@ -287,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     positive = (
         "steps",
+        "particles",
         "seeds",
         "num_draws",
         "metric_n",
@@ -298,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in positive:
         value = getattr(args, key, None)
         if value is not None and value < 1:
-            print(f"error: --{key.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
+            flag = f"--{key.replace('_', '-')}"
+            print(f"pyro-kr: error: {flag} must be >= 1, got {value}", file=sys.stderr)
             return EXIT_USAGE
     commands = {"list": _cmd_list, "reference": _cmd_reference, "bench": _cmd_bench}
     try:

@@ -58,6 +58,34 @@ def test_nonpositive_numbers_are_refused(capsys):
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_version(capsys):
+    import pyro_kr
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro-kr {pyro_kr.__version__}"
+
+
+def test_bad_observation_exits_2_with_one_message(tmp_path, capsys):
+    code = cli.main(["bench", "banana", "--observation", "5", "--out", str(tmp_path / "run")])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        "pyro-kr: error: --observation: banana has observations 0..0, got index 5"
+    )
+    assert "Traceback" not in captured.out + captured.err
+    assert cli.main(["reference", "banana", "--observation", "-1"]) == 2
+    assert capsys.readouterr().err.count("error") == 1
+
+
+def test_bad_observation_from_the_console_script():
+    proc = subprocess.run([sys.executable, "-m", "pyro_kr.cli", "bench", "banana",
+                           "--observation", "5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("got index 5") == 1
+
+
 def test_bench_smoke_writes_results_and_report(tmp_path, capsys):
     out = tmp_path / "run"
     # banana: the smallest problem (2 parameters), with its shipped reference
@@ -72,11 +100,18 @@ def test_bench_smoke_writes_results_and_report(tmp_path, capsys):
         assert entry["summary"]["runs"] == 1
         assert math.isfinite(entry["summary"]["w2"])
     assert set(results["noise_floor"]) == set(results["config"]["metrics"])
+    assert results["config"]["particles"] == 8  # the default budget, the same for both
+    for entry in results["methods"].values():
+        assert entry["runs"][0]["particles"] == 8 and entry["runs"][0]["steps"] == 20
     body = (out / "report.md").read_text()
     assert "| auto_normal | 1 |" in body and "*noise floor*" in body
+    assert body.index("- **auto_normal**:") < body.index("| method |")
+    assert "trained for 20 Adam steps x 8 ELBO particles" in body
     for png in ("metrics.png", "loss.png", "pair_auto_normal.png"):
         assert (out / png).exists() and f"]({png})" in body
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "20 steps x 8 particles" in printed
+    assert "- **auto_mvn**:" in printed
 
 
 def test_ctrl_c_exits_130_and_keeps_finished_results(tmp_path, monkeypatch, capsys):

@@ -1,17 +1,21 @@
 """Registry of inference methods the benchmark compares.
 
-Each method is a function ``fit(problem, y, *, steps, seed, num_draws, progress)`` returning a
-:class:`MethodResult` (posterior draws as a dict of named arrays, wall time, seconds per step,
-loss trace, and the trained guide for PSIS). Entries: Pyro's ``AutoNormal``,
-``AutoMultivariateNormal``, ``AutoIAFNormal``, ``AutoNormalizingFlow`` with
-``spline_autoregressive``, ``nuts`` (time to a fresh PyMC NUTS posterior) and, when
-:class:`pyro_kr.AutoKR` is available, ``autokr_monotone`` / ``autokr_affine`` (annealed
-:class:`~pyro_kr.TransportELBO`) and ``autokr_monotone_elbo`` / ``autokr_affine_elbo`` (the
-same guides trained with the plain ELBO, same particles and steps) and
-``autokr_monotone_laplace`` / ``autokr_affine_laplace`` (annealed, affine part started at the
-Laplace approximation: ``AutoKR(init_scale="laplace")``) and ``autokr_monotone_ordered``
-(annealed, ``AutoKR(order=problem.kr_order)``: the KR order the problem's structure suggests;
-the model's order where the problem declares none).
+Each method is a function ``fit(problem, y, *, steps, seed, num_draws, progress, particles)``
+returning a :class:`MethodResult` (posterior draws as a dict of named arrays, wall time,
+seconds per step after the first, the first step's time apart, loss trace, and the trained
+guide for PSIS). Every SVI method trains through :func:`pyro_kr.fit` with Adam and the same
+budget: ``steps`` steps of ``particles`` vectorized ELBO particles (default
+:data:`PARTICLES`), so ours and Pyro's guides are timed through the same code.
+
+Entries: Pyro's ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoIAFNormal``,
+``AutoNormalizingFlow`` with ``spline_autoregressive`` (``Trace_ELBO``), ``nuts`` (time to a
+fresh PyMC NUTS posterior) and, when :class:`pyro_kr.AutoKR` is available,
+``autokr_monotone`` / ``autokr_affine`` (annealed :class:`~pyro_kr.TransportELBO`) and
+``autokr_monotone_elbo`` / ``autokr_affine_elbo`` (the same guides trained with the plain
+ELBO) and ``autokr_monotone_laplace`` / ``autokr_affine_laplace`` (annealed, affine part
+started at the Laplace approximation: ``AutoKR(init_scale="laplace")``) and
+``autokr_monotone_ordered`` (annealed, ``AutoKR(order=problem.kr_order)``: the KR order the
+problem's structure suggests; the model's order where the problem declares none).
 
 Example:
     >>> from pyro_kr.bench import methods
@@ -34,12 +38,21 @@ import pyro
 import torch
 
 LR = 1e-2
-"""Adam learning rate of every SVI method."""
+"""Adam learning rate of every SVI method (except the ``*_laplace`` ones: ``LAPLACE_LR``)."""
+
+PARTICLES = 8
+"""ELBO particles per step of every SVI method, Pyro's guides and ``autokr_*`` alike."""
 
 
 @dataclass
 class MethodResult:
-    """What a method returns: draws ``name -> (num_draws, *shape)`` and its cost."""
+    """What a method returns: draws ``name -> (num_draws, *shape)`` and its cost.
+
+    ``wall_time_s`` is the whole training time; ``seconds_per_step`` leaves out the first step,
+    whose one-off set-up cost is ``first_step_s``. ``loss`` is the training objective per step,
+    ``neg_elbo`` the -ELBO estimate per step (the same quantity for every SVI method; it differs
+    from ``loss`` where the objective adds a transport term).
+    """
 
     draws: dict[str, np.ndarray]
     wall_time_s: float
@@ -48,10 +61,9 @@ class MethodResult:
     guide: Any = None
     failed: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+    first_step_s: float | None = None
+    particles: int | None = None
+    neg_elbo: list[float] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -108,42 +120,64 @@ def sample_guide(guide, names: list[str], n: int, shapes: dict[str, tuple], **kw
         return {k: np.stack(v) for k, v in rows.items()}
 
 
-def _bar(steps: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
+class _StepClock:
+    """``fit`` callback that times the first step apart from the rest.
 
-    return tqdm(total=steps, desc=desc, disable=not progress, leave=False, mininterval=0.5)
+    The first step pays one-off costs (tracing the model, building the guide's parameters, a
+    Laplace fit, JIT-like warm-up of torch kernels); it is reported as ``first_step_s`` and
+    left out of ``seconds_per_step``.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.ends: list[float] = []
+
+    def __call__(self, step: int, record: dict) -> None:
+        self.ends.append(time.perf_counter())
+
+    def timings(self) -> dict[str, float]:
+        """``wall_time_s`` (all steps), ``first_step_s`` and ``seconds_per_step`` (the rest)."""
+        if not self.ends:
+            nan = math.nan
+            return {"wall_time_s": nan, "first_step_s": nan, "seconds_per_step": nan}
+        first = self.ends[0] - self.start
+        rest = len(self.ends) - 1
+        per_step = (self.ends[-1] - self.ends[0]) / rest if rest else first
+        return {
+            "wall_time_s": self.ends[-1] - self.start,
+            "first_step_s": first,
+            "seconds_per_step": per_step,
+        }
 
 
-def _svi(problem, y, guide, *, steps: int, seed: int, progress: bool, desc: str):
-    """Train ``guide`` with Trace_ELBO + Adam; return ``(loss trace, seconds)``."""
-    from pyro.infer import SVI, Trace_ELBO
-    from pyro.optim import Adam
+def _train(problem, y, guide, loss, *, steps: int, lr: float, progress: bool):
+    """Train ``guide`` through :func:`pyro_kr.fit` (the same loop for every SVI method).
 
-    svi = SVI(problem.model, guide, Adam({"lr": LR}), Trace_ELBO())
-    losses: list[float] = []
-    start = time.perf_counter()
-    with _bar(steps, desc, progress) as bar:
-        for step in range(steps):
-            try:
-                loss = svi.step(y=y)
-            except (ValueError, RuntimeError) as exc:
-                # NaN parameters surface as distribution validation errors in Pyro
-                msg = str(exc).splitlines()[0][:160]
-                raise NonFiniteLoss(f"{desc}: step {step} failed: {msg}") from exc
-            losses.append(float(loss))
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(f"{desc}: loss is {loss} at step {step}")
-            bar.update()
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss:.4g}")
-    return losses, time.perf_counter() - start
+    Returns:
+        ``(loss trace, -ELBO trace, timings, failure)``: ``failure`` is the message of a
+        :class:`pyro_kr.NonFiniteLossError` (or of a failed Laplace start), else ``None``.
+    """
+    import pyro_kr
+    from pyro_kr.guides.laplace import LaplaceError
+
+    clock = _StepClock()
+    try:
+        history = pyro_kr.fit(
+            problem.model, guide, y=y, loss=loss, steps=steps, lr=lr, progress=progress,
+            callback=clock,
+        )
+    except (pyro_kr.NonFiniteLossError, LaplaceError) as exc:  # a failure, not a crash
+        return [], [], clock.timings(), str(exc)
+    losses = [float(v) for v in history.loss]
+    elbo = getattr(history, "elbo", None) or [-v for v in losses]
+    return losses, [-float(v) for v in elbo], clock.timings(), None
 
 
 def _guide_result(
-    problem, y, guide, losses: list[float], wall: float, steps: int, num_draws: int,
-    failed: str | None,
+    problem, y, guide, trained: tuple, num_draws: int, particles: int
 ) -> MethodResult:
     """Draw from a trained guide (none when it failed) and pack the run's record."""
+    losses, neg_elbo, timings, failed = trained
     draws = (
         {}
         if failed
@@ -151,30 +185,36 @@ def _guide_result(
     )
     return MethodResult(
         draws=draws,
-        wall_time_s=wall,
-        seconds_per_step=wall / steps,
+        wall_time_s=timings["wall_time_s"],
+        seconds_per_step=timings["seconds_per_step"],
         loss=losses,
         guide=guide,
         failed=failed,
+        first_step_s=timings["first_step_s"],
+        particles=particles,
+        neg_elbo=neg_elbo,
     )
 
 
 def _autoguide_method(make_guide: Callable[[Callable], Any], label: str):
-    def fit(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
+    def fit(
+        problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False,
+        particles: int = PARTICLES,
+    ):
+        from pyro.infer import Trace_ELBO
+
         with float64():
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
             guide = make_guide(problem.model)
-            failed = None
-            try:
-                losses, wall = _svi(
-                    problem, y, guide, steps=steps, seed=seed, progress=progress, desc=label
-                )
-            except NonFiniteLoss as exc:
-                failed, losses, wall = str(exc), [], float("nan")
-            return _guide_result(problem, y, guide, losses, wall, steps, num_draws, failed)
+            loss = Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1)
+            trained = _train(problem, y, guide, loss, steps=steps, lr=LR, progress=progress)
+            return _guide_result(problem, y, guide, trained, num_draws, particles)
 
-    fit.__doc__ = f"Fit Pyro's {label} with Trace_ELBO and Adam(lr={LR})."
+    fit.__doc__ = (
+        f"Fit Pyro's {label} with Trace_ELBO (``particles`` vectorized particles, default "
+        f"{PARTICLES}) and Adam(lr={LR}) through pyro_kr.fit."
+    )
     return fit
 
 
@@ -239,8 +279,14 @@ def fresh_nuts(
     )
 
 
-def _nuts(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
-    """Time a fresh PyMC NUTS posterior (2 chains, 1000 tuning steps each, no cache)."""
+def _nuts(
+    problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False,
+    particles: int | None = None,
+):
+    """Time a fresh PyMC NUTS posterior (2 chains, 1000 tuning steps each, no cache).
+
+    ``steps`` and ``particles`` are SVI budgets and do not apply: NUTS's budget is fixed.
+    """
     from pyro_kr import reference
 
     chains, tune = 2, 1000
@@ -265,9 +311,6 @@ def _nuts(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool =
     )
 
 
-AUTOKR_PARTICLES = 8
-"""Particles per step of the ``autokr_*`` methods (annealed and plain ELBO alike)."""
-
 LAPLACE_LR = 1e-3
 """Adam learning rate of the ``autokr_*_laplace`` methods (the others use ``LR``)."""
 
@@ -282,9 +325,11 @@ def _autokr_method(
     ordered: bool = False,
     lr: float = LR,
 ):
-    def fit(problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False):
+    def fit(
+        problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False,
+        particles: int = PARTICLES,
+    ):
         import pyro_kr
-        from pyro_kr.guides.laplace import LaplaceError
 
         with float64():
             pyro.clear_param_store()
@@ -297,24 +342,18 @@ def _autokr_method(
             schedule = (
                 pyro_kr.Annealing(steps=max(int(AUTOKR_RAMP * steps), 1)) if annealed else None
             )
-            loss = pyro_kr.TransportELBO(schedule, num_particles=AUTOKR_PARTICLES)
-            failed = None
-            start = time.perf_counter()
-            try:
-                history = pyro_kr.fit(
-                    problem.model, guide, y=y, loss=loss, steps=steps, lr=lr, progress=progress
-                )
-                losses = [float(v) for v in history.loss]
-            except (pyro_kr.NonFiniteLossError, LaplaceError) as exc:  # a failure, not a crash
-                failed, losses = str(exc), []
-            wall = time.perf_counter() - start
-            return _guide_result(problem, y, guide, losses, wall, steps, num_draws, failed)
+            loss = pyro_kr.TransportELBO(
+                schedule, num_particles=particles, vectorize_particles=particles > 1
+            )
+            trained = _train(problem, y, guide, loss, steps=steps, lr=lr, progress=progress)
+            return _guide_result(problem, y, guide, trained, num_draws, particles)
 
     objective = "annealed TransportELBO" if annealed else "plain ELBO (TransportELBO(None))"
     order = ", order=problem.kr_order" if ordered else ""
     fit.__doc__ = (
         f"Fit pyro_kr.AutoKR(map={map_kind!r}, init_scale={init_scale!r}{order}) with "
-        f"{objective}, Adam(lr={lr})."
+        f"{objective} (``particles`` vectorized particles, default {PARTICLES}), Adam(lr={lr}) "
+        "through pyro_kr.fit."
     )
     return fit
 

@@ -54,9 +54,14 @@ KHAT_FAIL = 1.0
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Settings of one benchmark run (travel together into ``results.json``)."""
+    """Settings of one benchmark run (travel together into ``results.json``).
+
+    The budget is the same for every SVI method: ``steps`` optimizer steps of ``particles``
+    ELBO particles each (``nuts`` has its own fixed budget).
+    """
 
     steps: int = 1000
+    particles: int = methods_registry.PARTICLES
     seeds: int = 1
     num_draws: int = 5000
     metric_n: int = 2000
@@ -113,11 +118,12 @@ def check_writable(out: str | os.PathLike) -> Path:
     return out
 
 
-def _downsample(trace: Sequence[float], k: int = 500) -> list[float]:
-    if len(trace) <= k:
-        return [float(v) for v in trace]
-    idx = np.linspace(0, len(trace) - 1, k).round().astype(int)
-    return [float(trace[i]) for i in idx]
+def _downsample(trace: Sequence[float], k: int = 500) -> tuple[list[int], list[float]]:
+    """Return at most ``k`` points of ``trace`` as ``(step numbers (1-based), values)``."""
+    idx = np.arange(len(trace))
+    if len(trace) > k:
+        idx = np.unique(np.linspace(0, len(trace) - 1, k).round().astype(int))
+    return [int(i) + 1 for i in idx], [float(trace[i]) for i in idx]
 
 
 def _finite(draws: dict[str, np.ndarray]) -> bool:
@@ -140,7 +146,7 @@ def _aggregate(runs: list[dict], metric_names: Sequence[str]) -> dict[str, Any]:
     """Mean and sd over seeds of every number; failures = crashed runs + k-hat > 1."""
     failures = sum(1 for r in runs if r["failed"] or r.get("khat_high"))
     out: dict[str, Any] = {"runs": len(runs), "failures": failures}
-    keys = list(metric_names) + ["wall_time_s", "seconds_per_step", "khat"]
+    keys = list(metric_names) + ["wall_time_s", "first_step_s", "seconds_per_step", "khat"]
     for key in keys:
         vals = [r[key] for r in runs if r.get(key) is not None and math.isfinite(r[key])]
         out[key] = float(np.mean(vals)) if vals else None
@@ -156,8 +162,10 @@ def load_reference(problem, observation: int) -> tuple[dict[str, np.ndarray], st
     PROBLEM`` builds it). The bench never starts a long MCMC build by itself.
 
     Raises:
+        ValueError: the problem has no observation ``observation``.
         LookupError: neither exists; the message says how to build one.
     """
+    problem.observation(observation)  # an index the problem lacks: one clear ValueError
     try:
         return problem.reference(observation), "problem.reference"
     except (FileNotFoundError, ImportError, KeyError, NotImplementedError, ValueError) as exc:
@@ -208,7 +216,8 @@ def run(
     """
     from pyro_kr import metrics
 
-    for name in (config.steps, config.seeds, config.num_draws, config.metric_n):
+    for name in (config.steps, config.particles, config.seeds, config.num_draws,
+                 config.metric_n):
         check_dim("bench setting", name)
     fits = {m: methods_registry.get(m) for m in method_names}  # validates the names
     out = check_writable(out)
@@ -265,6 +274,7 @@ def _one_run(name, fit, problem, y, ref, seed, n, config, progress, metrics, out
     record: dict[str, Any] = {
         "seed": seed,
         "steps": config.steps,
+        "particles": config.particles,
         "failed": None,
         "khat": None,
         "khat_high": False,
@@ -277,16 +287,23 @@ def _one_run(name, fit, problem, y, ref, seed, n, config, progress, metrics, out
             seed=seed,
             num_draws=config.num_draws,
             progress=progress,
+            particles=config.particles,
         )
     except Exception as exc:  # noqa: BLE001 - a crashed method is a counted failure
         record["failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return record
+    loss_steps, loss = _downsample(res.loss)
     record.update(
         wall_time_s=res.wall_time_s,
+        first_step_s=res.first_step_s,
         seconds_per_step=res.seconds_per_step,
-        loss=_downsample(res.loss),
+        loss=loss,
+        loss_steps=loss_steps,
+        neg_elbo=_downsample(res.neg_elbo)[1],
         **res.extra,
     )
+    if res.particles is None:  # not an SVI method (nuts): the particle budget does not apply
+        record["particles"] = None
     if res.failed or not _finite(res.draws):
         record["failed"] = res.failed or "non-finite posterior draws"
         return record

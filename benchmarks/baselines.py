@@ -2,8 +2,11 @@
 
 For each problem: a fresh PyMC NUTS run (wall time incl. compilation, sampling time, ESS/s,
 max R-hat), the noise floor of each metric (two halves of the reference, n draws each), and
-each Pyro autoguide's metrics and PSIS k-hat after ``--steps`` steps (default 5,000).
-Writes ``benchmarks/results/baselines.json`` (rewritten after every problem) and prints a table.
+each Pyro autoguide's metrics and PSIS k-hat after ``--steps`` steps (default 5,000) of
+``--particles`` ELBO particles (default 8, the bench's budget for every method), trained through
+``pyro_kr.fit``. Writes ``benchmarks/results/baselines.json`` (rewritten after every problem),
+the per-problem report, draws and plots under ``bench-out/baselines/PROBLEM/`` (not committed),
+and prints a table.
 
     python benchmarks/baselines.py                      # everything (hours on 2 cores)
     python benchmarks/baselines.py --problems banana,funnel --steps 5000
@@ -27,10 +30,12 @@ torch.set_num_threads(1)
 
 from pyro_kr import problems, reference  # noqa: E402
 from pyro_kr.bench import BenchConfig, report, runner  # noqa: E402
-from pyro_kr.bench.methods import fresh_nuts, reference_options  # noqa: E402
+from pyro_kr.bench.methods import PARTICLES, fresh_nuts, reference_options  # noqa: E402
 
 GUIDES = ("auto_normal", "auto_mvn", "auto_iaf", "auto_spline")
 RESULTS = Path(__file__).parent / "results"
+OUTPUT = Path(__file__).parent.parent / "bench-out"
+"""Generated reports, draws and plots (ignored by git)."""
 
 
 def nuts_baseline(problem, *, draws: int, chains: int, tune: int, seed: int) -> dict:
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(GUIDES))
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--steps-for", action="append", default=[], help="NAME=STEPS override")
+    ap.add_argument("--particles", type=int, default=PARTICLES, help="ELBO particles per step")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--num-draws", type=int, default=5000)
     ap.add_argument("--metric-n", type=int, default=2000)
@@ -117,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         steps = steps_for.get(name, args.steps)
         config = BenchConfig(
-            steps=steps, seeds=args.seeds, num_draws=args.num_draws, metric_n=args.metric_n
+            steps=steps, particles=args.particles, seeds=args.seeds, num_draws=args.num_draws,
+            metric_n=args.metric_n,
         )
-        print(f"== {name}: {', '.join(method_names)} x {steps} steps", flush=True)
-        run_dir = out_path.parent / out_path.stem / name  # baselines.json -> baselines/NAME
+        print(f"== {name}: {', '.join(method_names)} x {steps} steps x {args.particles} "
+              "particles", flush=True)
+        run_dir = OUTPUT / out_path.stem / name  # baselines.json -> bench-out/baselines/NAME
         res = runner.run(
             p,
             method_names,
@@ -133,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {
             "reference": res["reference"],
             "steps": steps,
+            "particles": args.particles,
             "settings": vars(args),
             "noise_floor": res["noise_floor"],
             "metric_n": res["config"]["metric_n_used"],
@@ -151,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table_for(name: str, entry: dict, metrics) -> str:
-    lines = [f"\n### {name} ({entry['steps']} steps, metrics on n = {entry['metric_n']})", ""]
+    lines = [f"\n### {name} ({entry['steps']} steps x {entry.get('particles', '?')} particles, "
+             f"metrics on n = {entry['metric_n']})", ""]
     head = ["method", "s/step", *metrics, "k-hat", "failures"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, s in entry["methods"].items():

@@ -9,9 +9,12 @@ ELBO (``*_elbo``), against ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoIAF
 the runner (``pyro_kr.bench.runner.run``) computes W2 on standardized coordinates, max mean
 and sd errors in reference-sd units (each with its noise floor), PSIS k-hat, seconds per step
 and failures (non-finite loss or draws, or k-hat > 1). The parameter count of every guide is
-recorded too. Writes ``benchmarks/results/svi.json`` (rewritten after every problem), the
-per-problem runner output under ``benchmarks/results/svi/PROBLEM/``, prints a table per
-problem and checks the issue's targets.
+recorded too. Every method trains through ``pyro_kr.fit`` with the same budget: ``--steps``
+Adam steps of ``--particles`` vectorized ELBO particles (default 8). Writes
+``benchmarks/results/svi.json`` (rewritten after every problem; running a subset of methods
+replaces only those methods' entries, each with its own budget), the per-problem runner
+output (draws, per-run records) under ``bench-out/svi/PROBLEM/`` (not committed), prints a
+table per problem and checks the issue's targets.
 
     python benchmarks/svi.py                                # 5 seeds x 5000 steps (hours)
     python benchmarks/svi.py --steps 1000 --seeds 2         # what fits in ~30 min on 2 cores
@@ -36,6 +39,8 @@ from pyro_kr import problems  # noqa: E402
 from pyro_kr.bench import BenchConfig, methods, report, runner  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+OUTPUT = Path(__file__).parent.parent / "bench-out"
+"""Generated draws and per-run records (ignored by git)."""
 PROBLEMS = ("linear_gaussian", "banana", "funnel", "eight_schools")
 METHODS = (
     "autokr_monotone",
@@ -105,17 +110,19 @@ def check_targets(entries: dict) -> list[dict]:
 def table_for(name: str, entry: dict) -> str:
     lines = [f"\n### {name} ({entry['steps']} steps x {entry['seeds']} seeds, "
              f"metrics on n = {entry['metric_n']})", ""]
-    head = ["method", "params", "s/step", *METRICS, "k-hat", "failures"]
+    head = ["method", "particles", "params", "s/step", *METRICS, "k-hat", "failures"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, s in entry["methods"].items():
-        cells = [m, str(entry["param_counts"].get(m, "-")), report.fmt(s.get("seconds_per_step"))]
+        particles = entry.get("budget", {}).get(m, {}).get("particles", "?")
+        cells = [m, str(particles), str(entry["param_counts"].get(m, "-")),
+                 report.fmt(s.get("seconds_per_step"))]
         for k in (*METRICS, "khat"):
             v, sd = s.get(k), s.get(f"{k}_sd")
             cells.append(report.fmt(v) + (f" ± {report.fmt(sd)}" if sd is not None else ""))
         cells.append(f"{s.get('failures')}/{s.get('runs')}")
         lines.append("| " + " | ".join(cells) + " |")
     floor = entry["noise_floor"]
-    lines.append("| *noise floor* | | | " + " | ".join(report.fmt(floor.get(k)) for k in METRICS)
+    lines.append("| *noise floor* | | | | " + " | ".join(report.fmt(floor.get(k)) for k in METRICS)
                  + " | | |")
     return "\n".join(lines)
 
@@ -127,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problems", default=",".join(PROBLEMS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=5000, help="step budget of every method")
+    ap.add_argument("--particles", type=int, default=methods.PARTICLES,
+                    help="ELBO particles per step of every method")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--num-draws", type=int, default=5000)
     ap.add_argument("--metric-n", type=int, default=2000)
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         args.problems, args.steps, args.seeds = "banana", 20, 1
         args.methods = "autokr_monotone,autokr_affine_elbo,auto_normal"
         args.num_draws, args.metric_n, args.psis_draws = 400, 200, 400
-        args.out = str(RESULTS / "svi_smoke.json")
+        args.out = str(OUTPUT / "svi_smoke.json")
     names = [n for n in args.problems.split(",") if n]
     method_names = [m for m in args.methods.split(",") if m]
     for m in method_names:
@@ -153,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     results["updated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     config = BenchConfig(
         steps=args.steps,
+        particles=args.particles,
         seeds=args.seeds,
         num_draws=args.num_draws,
         metric_n=args.metric_n,
@@ -162,14 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         p = problems.get(name)
         ref, source = runner.load_reference(p, 0)
-        print(f"== {name}: {', '.join(method_names)} x {args.steps} steps x {args.seeds} seeds",
-              flush=True)
+        print(f"== {name}: {', '.join(method_names)} x {args.steps} steps x "
+              f"{args.particles} particles x {args.seeds} seeds", flush=True)
         counts = {m: param_count(p, m) for m in method_names}
-        run_dir = out_path.parent / out_path.stem / name
+        run_dir = OUTPUT / out_path.stem / name
         started = time.perf_counter()
         res = runner.run(p, method_names, run_dir, config=config, progress=False,
                          reference=(ref, source))
-        entry = {
+        budget = {"steps": args.steps, "particles": args.particles, "seeds": args.seeds,
+                   "command": command}
+        entry = results["problems"].get(name, {})
+        if entry.get("steps", args.steps) != args.steps or entry.get("seeds", args.seeds) != (
+            args.seeds
+        ):
+            entry = {}  # another budget: start the problem's entry afresh
+        entry.update({
             "command": command,
             "settings": vars(args),
             "steps": args.steps,
@@ -177,13 +194,17 @@ def main(argv: list[str] | None = None) -> int:
             "reference": res["reference"],
             "noise_floor": res["noise_floor"],
             "metric_n": res["config"]["metric_n_used"],
-            "param_counts": counts,
-            "wall_s": time.perf_counter() - started,
-            "methods": {m: v["summary"] for m, v in res["methods"].items()},
-            "failures": {
-                m: [r["failed"] for r in v["runs"] if r["failed"]]
-                for m, v in res["methods"].items()
-            },
+            "wall_s": entry.get("wall_s", 0.0) + time.perf_counter() - started,
+        })
+        entry["param_counts"] = {**entry.get("param_counts", {}), **counts}
+        entry["budget"] = {**entry.get("budget", {}), **{m: budget for m in res["methods"]}}
+        entry["methods"] = {
+            **entry.get("methods", {}), **{m: v["summary"] for m, v in res["methods"].items()}
+        }
+        entry["failures"] = {
+            **entry.get("failures", {}),
+            **{m: [r["failed"] for r in v["runs"] if r["failed"]]
+               for m, v in res["methods"].items()},
         }
         results["problems"][name] = entry
         results["targets"] = check_targets(results["problems"])

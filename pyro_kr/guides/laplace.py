@@ -21,6 +21,8 @@ import torch
 from pyro import poutine
 from pyro.distributions.transforms import biject_to
 
+from pyro_kr.transforms.affine import MIN_DIAGONAL
+
 __all__ = ["LaplaceError", "laplace_init", "packed_log_density"]
 
 
@@ -120,5 +122,18 @@ def laplace_init(
         )
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     covariance = torch.cholesky_solve(eye, precision_tril)
-    scale_tril = torch.linalg.cholesky(0.5 * (covariance + covariance.T))
+    scale_tril, info = torch.linalg.cholesky_ex(0.5 * (covariance + covariance.T))
+    diagonal = scale_tril.diagonal()
+    if int(info) != 0 or not bool(torch.isfinite(scale_tril).all()) or not bool(
+        (diagonal > MIN_DIAGONAL).all()
+    ):
+        # A Hessian that is positive definite in floating point can still give a Laplace
+        # scale below what the affine map represents, or a factor that underflows: the mode
+        # sits in the neck of a funnel.
+        raise LaplaceError(
+            "init_scale='laplace': the Laplace scales at the mode found are unusable (smallest "
+            f"Cholesky diagonal {float(diagonal.min()):.3g}, the map needs > {MIN_DIAGONAL:g}); "
+            "the posterior may have no mode (an improper prior, or a centered hierarchical "
+            "funnel, where the search runs into the neck). Pass a numeric init_scale"
+        )
     return mode, scale_tril

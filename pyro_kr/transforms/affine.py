@@ -23,6 +23,9 @@ from pyro_kr.transforms._cache import ParameterAwareCache
 __all__ = ["ConditionalTriangularAffine", "TriangularAffine"]
 
 _MIN_DIAG = 1e-6  # keeps the diagonal strictly positive when the softplus underflows
+#: The smallest diagonal entry of ``L`` a :class:`TriangularAffine` represents: scales below
+#: it cannot be set (see :meth:`TriangularAffine.set_scale_tril`).
+MIN_DIAGONAL = _MIN_DIAG
 
 
 def _softplus_inverse(value: float) -> float:
@@ -129,8 +132,13 @@ class TriangularAffine(ParameterAwareCache, TransformModule):
                 f"got {tuple(scale_tril.shape)}"
             )
         diag = scale_tril.diagonal()
-        if not bool((diag > _MIN_DIAG).all()) or bool(scale_tril.triu(1).abs().gt(0).any()):
-            raise ValueError("scale_tril must be lower-triangular with a positive diagonal")
+        if bool(scale_tril.triu(1).abs().gt(0).any()):
+            raise ValueError("scale_tril must be lower-triangular (zeros above the diagonal)")
+        if not bool((diag > _MIN_DIAG).all()):
+            raise ValueError(
+                f"scale_tril's diagonal must exceed {_MIN_DIAG:g} (the smallest scale the map "
+                f"represents), got a smallest entry of {float(diag.min()):.3g}"
+            )
         self.unconstrained_diag.copy_(torch.log(torch.expm1(diag - _MIN_DIAG)))
         self.off_diag.copy_(scale_tril.tril(-1))
 

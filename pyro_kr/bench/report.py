@@ -113,7 +113,7 @@ def verdicts(results: dict[str, Any]) -> dict[str, tuple[str, str]]:
             runs = int(results["methods"][name]["summary"].get("runs") or 0)
             note = f"; {failures} of {runs} runs failed" if failures else ""
             if name == best:
-                verdict, detail = "best", f"{metric} {fmt(v)} (noise floor {fmt(floor)})"
+                verdict, detail = "best", f"{metric} {fmt(v)}; noise floor {fmt(floor)}"
             elif v - b <= noise:
                 verdict = "within noise"
                 detail = f"{metric} {fmt(v)} against {fmt(b)}: difference <= noise {fmt(noise)}"
@@ -253,6 +253,11 @@ def loss_figure(results: dict[str, Any], *, smooth: int = 10):
         lo, hi = min(lows), max(highs)
         pad = 0.1 * ((hi - lo) or abs(hi) or 1.0)
         ax.set_ylim(lo - pad, hi + pad)
+        for line in ax.get_lines():  # a failed trace above the range: say where it ended
+            y = np.asarray(line.get_ydata(), dtype=float)
+            label = line.get_label()
+            if label.endswith("(failed)") and y.size and np.nanmin(y) > hi + pad:
+                line.set_label(f"{label[:-1]}; off scale, ends at {y[-1]:.4g})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("-ELBO (training estimate)")
     ax.legend(fontsize="small")

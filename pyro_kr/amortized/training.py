@@ -10,6 +10,9 @@ checkpoint/resume), each as an ``SVI`` step on a small model/guide pair:
 * ``mode="forward"``: maximum likelihood of ``num_simulations`` simulated pairs ``(u, y)``
   under ``q(u | y)`` (through the inverse map), with a validation split and early stopping;
   needs only the simulator.
+* ``mode="hybrid"``: ``"forward"`` first (sample-efficient, mass-covering), then
+  ``reverse_steps`` steps of ``"reverse"`` from there with a small learning rate and a transport
+  cost annealed from ``lam = 100``: the likelihood refines what the simulations started.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pyro.optim import PyroOptim
 
 from pyro_kr._validation import check_dim
 from pyro_kr.amortized.guide import AmortizedKR
+from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO
 from pyro_kr.amortized.simulate import simulate_pairs
 from pyro_kr.fit import History, _restore, _snapshot, fit
 from pyro_kr.objective import Annealing, TransportELBO
@@ -34,7 +38,8 @@ from pyro_kr.objective import Annealing, TransportELBO
 __all__ = ["AmortizedHistory", "fit_amortized"]
 
 _BATCH_PLATE = "_pyro_kr_amortized_batch"
-_MODES = ("reverse", "forward")
+_MODES = ("reverse", "forward", "hybrid")
+_OBJECTIVES = ("elbo", "iwae")
 
 
 @dataclass
@@ -45,6 +50,10 @@ class AmortizedHistory(History):
     ``cost / lam`` summed over the batch, for ``"forward"`` the mean negative log density of
     the batch. ``val_step``/``val_loss`` hold the validation checks (forward mode), ``best_step``
     the step whose parameters were kept, ``stopped_early`` whether patience ran out.
+    ``simulations`` counts the prior-predictive draws ``(u, y)`` used for training and
+    ``model_evaluations`` the evaluations of the model's log density ``log p(u, y)`` (one per
+    dataset and particle per reverse step; none in forward mode). For ``"hybrid"``,
+    ``forward_steps`` is the length of the forward phase (``loss`` holds both phases).
     """
 
     mode: str = "reverse"
@@ -52,6 +61,9 @@ class AmortizedHistory(History):
     val_loss: list[float] = field(default_factory=list)
     best_step: int | None = None
     stopped_early: bool = False
+    simulations: int = 0
+    model_evaluations: int = 0
+    forward_steps: int | None = None
 
 
 class _ReversePair:
@@ -134,6 +146,8 @@ def _resolve_schedule(schedule, steps: int, mode: str):
                 f"{schedule!r}"
             )
         return None
+    if schedule == "default" and mode == "hybrid":  # refine: the cost starts small
+        return Annealing(eps=(1e-2, 1e-3), lam=(1e2, 1e4), steps=max(steps // 2, 1))
     if schedule == "default":
         return Annealing(steps=max(steps // 2, 1))
     if schedule is not None and not isinstance(schedule, Annealing):
@@ -158,6 +172,11 @@ def fit_amortized(
     validate_every: int = 100,
     patience: int = 10,
     simulation_seed: int = 0,
+    objective: str = "elbo",
+    num_particles: int | None = None,
+    reverse_steps: int | None = None,
+    reverse_lr: float | None = None,
+    reverse_optim: PyroOptim | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
@@ -170,11 +189,12 @@ def fit_amortized(
         model: the Pyro model; ``*args, **kwargs`` are its arguments other than the data.
         guide: the :class:`AmortizedKR` to train.
         mode: ``"reverse"`` (amortized ELBO + transport cost, fresh simulations every step;
-            needs the likelihood) or ``"forward"`` (maximum likelihood on ``num_simulations``
-            simulated pairs; needs only the simulator).
+            needs the likelihood), ``"forward"`` (maximum likelihood on ``num_simulations``
+            simulated pairs; needs only the simulator) or ``"hybrid"`` (forward, then
+            ``reverse_steps`` reverse steps from the forward solution).
         steps: optimizer steps (a resumed run continues up to this number).
         batch_size: observations per step (reverse) or simulated pairs per step (forward).
-        num_simulations: simulation budget of ``mode="forward"`` (required there).
+        num_simulations: simulation budget of ``mode="forward"``/``"hybrid"`` (required).
         schedule: reverse mode's :class:`~pyro_kr.Annealing`; ``"default"`` anneals over the
             first half of the steps, ``None`` is the plain amortized ELBO.
         lr, optim: Adam learning rate (default 1e-2 as in :func:`pyro_kr.fit`) or an optimizer.
@@ -184,6 +204,19 @@ def fit_amortized(
             best parameters.
         simulation_seed: seed of the forward-mode simulations and split (so a resumed run sees
             the same data).
+        objective: reverse (and hybrid) objective: ``"elbo"`` (amortized ELBO) or ``"iwae"``
+            (the importance-weighted bound per dataset, :class:`ImportanceWeightedELBO`: less
+            mode-seeking, so less overconfident where the network misplaces ``q``).
+        num_particles: draws of ``u`` per dataset and step (default 1 for ``"elbo"``, 8 for
+            ``"iwae"``); the model's log density is evaluated ``batch_size * num_particles``
+            times per reverse step.
+        reverse_steps: ``mode="hybrid"``: reverse steps after the ``steps`` forward steps
+            (default ``steps // 2``); ``schedule`` then applies to this phase (``"default"``:
+            ``eps`` 1e-2 -> 1e-3 and ``lam`` 1e2 -> 1e4 over its first half, so the transport
+            cost only regularizes the refinement).
+        reverse_lr, reverse_optim: initial learning rate (default: a tenth of the forward one,
+            1e-3 with the default ``lr``; ``ClippedAdam`` decaying it 10x over the phase) or
+            optimizer of the hybrid reverse phase.
         progress, checkpoint, checkpoint_every, callback: as in :func:`pyro_kr.fit`.
 
     Returns:
@@ -208,23 +241,81 @@ def fit_amortized(
     if not isinstance(guide, AmortizedKR):
         raise TypeError(f"guide must be a pyro_kr.AmortizedKR, got {type(guide).__name__}")
     check_dim("batch_size", batch_size)
-    schedule = _resolve_schedule(schedule, steps, mode)
+    if objective not in _OBJECTIVES:
+        raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
+    if num_particles is None:
+        num_particles = 8 if objective == "iwae" else 1
+    check_dim("num_particles", num_particles)
+    if mode != "hybrid" and (reverse_steps, reverse_lr, reverse_optim) != (None, None, None):
+        raise ValueError(
+            f"reverse_steps, reverse_lr and reverse_optim belong to mode='hybrid', got "
+            f"mode={mode!r}; use steps, lr and optim"
+        )
+    if mode == "hybrid":
+        reverse_steps = max(steps // 2, 1) if reverse_steps is None else reverse_steps
+        check_dim("reverse_steps", reverse_steps)
+        if checkpoint is not None:
+            raise ValueError(
+                "mode='hybrid' does not checkpoint its two phases; run mode='forward' and then "
+                "mode='reverse' on the same guide, each with its own checkpoint"
+            )
+    schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode)
     guide._ensure_setup(*args, **kwargs)
     common = dict(
         steps=steps, lr=lr, optim=optim, progress=progress, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
     )
     if mode == "reverse":
-        pair = _ReversePair(model, guide, batch_size)
-        loss = TransportELBO(schedule, max_plate_nesting=guide.plate_depth + 1)
-        history = fit(pair.model, pair.guide, *args, loss=loss, callback=callback,
-                      **common, **kwargs)
-        return AmortizedHistory(**history.state_dict(), mode=mode)
-    return _fit_forward(
+        return _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
+                            objective, num_particles)
+    forward = _fit_forward(
         model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
         validation_fraction=validation_fraction, validate_every=validate_every,
         patience=patience, simulation_seed=simulation_seed, callback=callback, common=common,
     )
+    if mode == "forward":
+        return forward
+    if reverse_optim is None:  # a refinement: the learning rate decays 10x over the phase
+        reverse_lr = 0.1 * (lr if lr is not None else 1e-2) if reverse_lr is None else reverse_lr
+        reverse_optim = pyro.optim.ClippedAdam(
+            {"lr": reverse_lr, "lrd": 0.1 ** (1 / reverse_steps)}
+        )
+    common.update(steps=reverse_steps, lr=None, optim=reverse_optim)
+    offset = forward.steps
+
+    def shifted(step: int, record: dict[str, float]) -> bool | None:
+        return callback(offset + step, record) if callback is not None else None
+
+    reverse = _fit_reverse(model, guide, args, kwargs, batch_size, schedule, shifted, common,
+                           objective, num_particles)
+    out = AmortizedHistory(
+        loss=forward.loss + reverse.loss, elbo=forward.elbo + reverse.elbo,
+        eps=forward.eps + reverse.eps, lam=forward.lam + reverse.lam,
+        seconds=forward.seconds + reverse.seconds, mode="hybrid",
+    )
+    out.val_step, out.val_loss = forward.val_step, forward.val_loss
+    out.best_step, out.stopped_early = forward.best_step, forward.stopped_early
+    out.simulations = forward.simulations + reverse.simulations
+    out.model_evaluations = reverse.model_evaluations
+    out.forward_steps = forward.steps
+    return out
+
+
+def _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
+                 objective, num_particles) -> AmortizedHistory:
+    pair = _ReversePair(model, guide, batch_size)
+    nesting = guide.plate_depth + 1
+    if objective == "iwae":
+        loss = ImportanceWeightedELBO(schedule, num_particles=num_particles,
+                                      batch_dim=-nesting, max_plate_nesting=nesting)
+    else:
+        loss = TransportELBO(schedule, num_particles=num_particles, max_plate_nesting=nesting)
+    history = fit(pair.model, pair.guide, *args, loss=loss, callback=callback, **common,
+                  **kwargs)
+    out = AmortizedHistory(**history.state_dict(), mode="reverse")
+    out.simulations = history.steps * batch_size
+    out.model_evaluations = out.simulations * num_particles
+    return out
 
 
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations,
@@ -283,6 +374,7 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations,
     if state["best_params"] is not None and record.val_loss[-1] > state["best"]:
         _restore(state["best_params"])
     out = AmortizedHistory(**history.state_dict(), mode="forward")
+    out.simulations = num_simulations
     out.val_step, out.val_loss = record.val_step, record.val_loss
     out.best_step, out.stopped_early = record.best_step, record.stopped_early
     return out

@@ -12,6 +12,7 @@ from pyro_kr.fit import History, NonFiniteLossError, fit
 from pyro_kr.flow_matching import COTFlowMatching
 from pyro_kr.guides import AutoKR
 from pyro_kr.objective import Annealing, TransportELBO
+from pyro_kr.simulation import SimulationBank, simulate
 from pyro_kr.transforms import (
     ConditionalMonotoneTriangular,
     ConditionalTriangularAffine,
@@ -29,9 +30,11 @@ __all__ = [
     "COTFlowMatching",
     "History",
     "NonFiniteLossError",
+    "SimulationBank",
     "TransportELBO",
     "fit",
     "fit_amortized",
+    "simulate",
     "ConditionalMonotoneTriangular",
     "ConditionalTriangularAffine",
     "MonotoneTriangular",

@@ -46,7 +46,7 @@ def test_hybrid_arguments_are_checked():
     guide = AmortizedKR(linear_gaussian, observed="y", map="affine")
     with pytest.raises(ValueError, match="belong to mode='hybrid'"):
         fit_amortized(linear_gaussian, guide, mode="reverse", steps=2, reverse_steps=3)
-    with pytest.raises(ValueError, match="needs num_simulations"):
+    with pytest.raises(ValueError, match="need num_simulations"):
         fit_amortized(linear_gaussian, guide, mode="hybrid", steps=2, progress=False)
     with pytest.raises(ValueError, match="does not checkpoint"):
         fit_amortized(linear_gaussian, guide, mode="hybrid", steps=2, num_simulations=20,

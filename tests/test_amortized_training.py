@@ -99,7 +99,7 @@ def test_bad_arguments():
     guide = AmortizedKR(linear_gaussian, observed="y", map="affine")
     with pytest.raises(ValueError, match="mode must be one of"):
         fit_amortized(linear_gaussian, guide, mode="both")
-    with pytest.raises(ValueError, match="needs num_simulations"):
+    with pytest.raises(ValueError, match="need num_simulations"):
         fit_amortized(linear_gaussian, guide, mode="forward", steps=2)
     with pytest.raises(ValueError, match="takes no schedule"):
         fit_amortized(linear_gaussian, guide, mode="forward", num_simulations=10,

@@ -28,12 +28,16 @@ import torch
 from pyro import poutine
 from pyro.optim import PyroOptim
 
+from pyro_kr import distributed
 from pyro_kr._validation import check_dim
 from pyro_kr.amortized.guide import AmortizedKR
 from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO
 from pyro_kr.amortized.simulate import simulate_pairs
+from pyro_kr.checkpoint import load_checkpoint
 from pyro_kr.fit import History, _restore, _snapshot, fit
 from pyro_kr.objective import Annealing, TransportELBO
+from pyro_kr.simulation.bank import SimulationBank
+from pyro_kr.simulation.stream import ShardStream, StreamingForwardLoss
 
 __all__ = ["AmortizedHistory", "fit_amortized"]
 
@@ -128,6 +132,7 @@ class _ForwardLoss:
 
     def __call__(self, model, guide, *args, **kwargs) -> torch.Tensor:
         index = torch.randint(len(self.latent), (self.batch_size,), device=self.latent.device)
+        index = distributed.shard(index)  # under torchrun: this rank's share, same stream
         loss = self.nll(index)
         value = float(loss.detach())
         self.last = {"loss": value, "elbo": math.nan}
@@ -165,6 +170,7 @@ def fit_amortized(
     steps: int = 1000,
     batch_size: int = 128,
     num_simulations: int | None = None,
+    simulations: dict[str, torch.Tensor] | None = None,
     schedule: Annealing | str | None = "default",
     lr: float | None = None,
     optim: PyroOptim | None = None,
@@ -194,7 +200,15 @@ def fit_amortized(
             ``reverse_steps`` reverse steps from the forward solution).
         steps: optimizer steps (a resumed run continues up to this number).
         batch_size: observations per step (reverse) or simulated pairs per step (forward).
-        num_simulations: simulation budget of ``mode="forward"``/``"hybrid"`` (required).
+        num_simulations: simulation budget of ``mode="forward"``/``"hybrid"`` (required
+            unless ``simulations`` is given).
+        simulations: a bank of simulations to train on instead of simulating: dict site name
+            -> ``(n, *site_shape)`` constrained values of every latent and observed site (what
+            :func:`~pyro_kr.amortized.simulate.simulate_pairs` returns), e.g. to give several
+            methods the same simulations; ``num_simulations`` is then ``n``. Or a
+            :class:`~pyro_kr.SimulationBank` from :func:`pyro_kr.simulate`: one written with
+            ``path=`` is streamed shard by shard (it may exceed memory), with a seeded
+            validation share of every shard.
         schedule: reverse mode's :class:`~pyro_kr.Annealing`; ``"default"`` anneals over the
             first half of the steps, ``None`` is the plain amortized ELBO.
         lr, optim: Adam learning rate (default 1e-2 as in :func:`pyro_kr.fit`) or an optimizer.
@@ -270,8 +284,9 @@ def fit_amortized(
                             objective, num_particles)
     forward = _fit_forward(
         model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
-        validation_fraction=validation_fraction, validate_every=validate_every,
-        patience=patience, simulation_seed=simulation_seed, callback=callback, common=common,
+        simulations=simulations, validation_fraction=validation_fraction,
+        validate_every=validate_every, patience=patience, simulation_seed=simulation_seed,
+        callback=callback, common=common,
     )
     if mode == "forward":
         return forward
@@ -318,31 +333,90 @@ def _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, com
     return out
 
 
-def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations,
+def _bank_size(guide: AmortizedKR, simulations, num_simulations) -> int:
+    if not isinstance(simulations, dict):
+        raise TypeError(f"simulations must be a dict name -> tensor, got {type(simulations)}")
+    needed = [*guide.order, *guide.observed]
+    missing = [n for n in needed if n not in simulations]
+    if missing:
+        raise ValueError(f"simulations lacks the sites {missing}; it needs {needed}")
+    sizes = {n: len(simulations[n]) for n in needed}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"simulations must hold the same number of draws per site, got {sizes}")
+    n = sizes[needed[0]]
+    if num_simulations is not None and num_simulations != n:
+        raise ValueError(f"num_simulations={num_simulations} but simulations holds {n} draws")
+    return n
+
+
+def _check_bank(guide: AmortizedKR, bank: SimulationBank, num_simulations) -> None:
+    if num_simulations is not None and num_simulations != len(bank):
+        raise ValueError(f"num_simulations={num_simulations} but the bank holds {len(bank)} "
+                         "pairs: leave num_simulations out")
+    expected = {n: guide.prototype_trace.nodes[n]["value"].shape for n in guide.order}
+    expected |= {n: guide.layout.shapes[n] for n in guide.observed}
+    have = {**bank.latent_shapes, **bank.observation_shapes}
+    wrong = {n: (tuple(s), tuple(have[n]) if n in have else None)
+             for n, s in expected.items() if have.get(n) != s}
+    if wrong:
+        raise ValueError(
+            "the bank does not match the guide (site: (guide shape, bank shape)): "
+            f"{wrong}; simulate it from the same model with observed={guide.observed}"
+        )
+
+
+def _streamed_loss(guide, bank, batch_size, validation_fraction, seed, checkpoint):
+    """The forward loss over shards streamed from disk, resumed at the checkpoint's step."""
+    stream = ShardStream(bank, batch_size=batch_size, validation_fraction=validation_fraction,
+                         seed=seed)
+    start = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        start = int(load_checkpoint(checkpoint)["step"])
+    loss = StreamingForwardLoss(guide, stream, start=start)
+    val_latent, val_data = loss.validation()
+    return loss, val_latent, val_data, guide._reference_like()
+
+
+def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
                  validation_fraction, validate_every, patience, simulation_seed, callback,
                  common) -> AmortizedHistory:
+    bank = simulations if isinstance(simulations, SimulationBank) else None
+    if bank is not None:  # pyro_kr.simulate's bank: in memory, or shards streamed from disk
+        _check_bank(guide, bank, num_simulations)
+        num_simulations = len(bank)
+        simulations = None if bank.path is not None else {**bank.latents, **bank.observations}
+    if simulations is not None:
+        num_simulations = _bank_size(guide, simulations, num_simulations)
     if num_simulations is None:
-        raise ValueError("mode='forward' needs num_simulations (the simulation budget)")
+        raise ValueError("mode='forward' and 'hybrid' need num_simulations (the simulation "
+                         "budget) or a bank of simulations")
     check_dim("num_simulations", num_simulations, minimum=2)
     check_dim("validate_every", validate_every)
     check_dim("patience", patience)
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
-    latent_shapes = {n: guide.prototype_trace.nodes[n]["value"].shape for n in guide.order}
-    sims = simulate_pairs(
-        model, args, kwargs, {**latent_shapes, **guide.layout.shapes}, num_simulations,
-        depth=guide.plate_depth, seed=simulation_seed,
-    )
-    ref = guide._reference_like()
-    with torch.no_grad():
-        latent = guide.pack({n: sims[n].to(ref) for n in guide.order}).detach()
-    data = {n: sims[n].to(ref) for n in guide.observed}
-    gen = torch.Generator().manual_seed(simulation_seed)
-    perm = torch.randperm(num_simulations, generator=gen).to(ref.device)
-    n_val = max(1, int(round(validation_fraction * num_simulations)))
-    val, train = perm[:n_val], perm[n_val:]
-    loss = _ForwardLoss(guide, latent[train], {k: v[train] for k, v in data.items()}, batch_size)
-    val_latent, val_data = latent[val], {k: v[val] for k, v in data.items()}
+    if bank is not None and bank.path is not None:
+        loss, val_latent, val_data, ref = _streamed_loss(
+            guide, bank, batch_size, validation_fraction, simulation_seed, common["checkpoint"]
+        )
+        n_val = len(val_latent)
+    else:
+        latent_shapes = {n: guide.prototype_trace.nodes[n]["value"].shape for n in guide.order}
+        sims = simulations if simulations is not None else simulate_pairs(
+            model, args, kwargs, {**latent_shapes, **guide.layout.shapes}, num_simulations,
+            depth=guide.plate_depth, seed=simulation_seed,
+        )
+        ref = guide._reference_like()
+        with torch.no_grad():
+            latent = guide.pack({n: sims[n].to(ref) for n in guide.order}).detach()
+        data = {n: sims[n].to(ref) for n in guide.observed}
+        gen = torch.Generator().manual_seed(simulation_seed)
+        perm = torch.randperm(num_simulations, generator=gen).to(ref.device)
+        n_val = max(1, int(round(validation_fraction * num_simulations)))
+        val, train = perm[:n_val], perm[n_val:]
+        loss = _ForwardLoss(guide, latent[train], {k: v[train] for k, v in data.items()},
+                            batch_size)
+        val_latent, val_data = latent[val], {k: v[val] for k, v in data.items()}
     record = AmortizedHistory(mode="forward")
     state = {"best": math.inf, "best_params": None, "bad": 0}
 

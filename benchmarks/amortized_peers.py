@@ -1,0 +1,369 @@
+"""Amortized posteriors side by side with sbi on Lotka-Volterra (issue 12).
+
+For each simulation budget and seed, one bank of prior-predictive simulations ``(u, y)`` is
+drawn and given to every simulation-based method:
+
+* ``forward``: :class:`pyro_kr.AmortizedKR` trained by maximum likelihood on the bank;
+* ``hybrid``: the same, then refined by reverse KL with the likelihood (``mode="hybrid"``);
+* ``cot``: :class:`pyro_kr.COTFlowMatching` on the bank (sample mode, ``log u`` and ``log y``);
+* ``npe_maf`` / ``npe_nsf``: sbi's ``NPE`` with its default estimator (MAF in sbi 0.27) and
+  with NSF, sbi's documented API and training defaults, given ``theta = log u`` (prior
+  ``N(m, 0.5 I)``, the model's prior in those coordinates) and ``x = log y``, as is standard.
+
+``reverse`` (:class:`AmortizedKR` by reverse KL) uses no bank: it simulates a fresh batch of
+``y`` every step and evaluates the likelihood; it is trained once per seed and its row reports
+the number of model evaluations instead of a budget (``hybrid`` reports both).
+
+Every method is scored on the benchmark observation against the shipped PyMC reference with
+the same metric: W2 (POT ``emd2``, squared Euclidean cost) between ``--n-test`` posterior draws
+and reference draws, over ``--test-sets`` reference subsets, in raw ``u`` and in ``log u``
+divided by the prior sd (0.7071), each with its noise floor (reference vs reference, same
+``n``). Paper 004 does not say in which coordinates its W2 is computed; its 0.0402 is quoted
+only with that caveat. Results go to ``benchmarks/results/amortized_peers.json``, a table is
+printed and W2 against budget (log axes) is plotted into ``bench-out/amortized_peers/``.
+
+Usage:
+    python benchmarks/amortized_peers.py --budgets 1000 3000 --seeds 0
+    python benchmarks/amortized_peers.py            # 1k..100k x 3 seeds (many hours on 2 cores)
+    python benchmarks/amortized_peers.py --smoke    # seconds (CI); skips sbi if not installed
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+import pyro_kr
+import pyro_kr.problems as problems
+from pyro_kr._atomic import atomic_path
+from pyro_kr.metrics import w2
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "amortized_peers.json"
+PLOTS = ROOT / "bench-out" / "amortized_peers"
+METHODS = ("forward", "hybrid", "reverse", "cot", "npe_maf", "npe_nsf")
+PRIOR_LOC = (-0.125, -3.0, -0.125, -3.0)
+PRIOR_SD = math.sqrt(0.5)
+PAPER_W2 = 0.0402  # paper 004, Table 2, COT-FM; coordinates not stated
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def import_sbi():
+    """``sbi`` (the ``peers`` extra), or ``None`` when it is not installed."""
+    try:
+        return importlib.import_module("sbi")
+    except ImportError:
+        return None
+
+
+def summary(values: list[float]) -> dict:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "values": values}
+
+
+class Scorer:
+    """W2 of draws ``(n, 4)`` of ``u`` against fixed reference subsets, raw and scaled log."""
+
+    def __init__(self, problem, n_test: int, test_sets: int) -> None:
+        names = problem.param_names
+        ref = problem.reference(0)
+        self.ref = torch.stack([torch.as_tensor(ref[k]).reshape(-1) for k in names], -1).double()
+        self.n = min(n_test, self.ref.shape[0] // 2)
+        gen = torch.Generator().manual_seed(0)
+        perms = [torch.randperm(self.ref.shape[0], generator=gen) for _ in range(test_sets)]
+        self.subsets = [(p[: self.n], p[self.n : 2 * self.n]) for p in perms]
+        floors = [self._both(self.ref[b], self.ref[a]) for a, b in self.subsets]
+        self.floor = {key: summary([f[key] for f in floors]) for key in ("raw", "scaled_log")}
+
+    @staticmethod
+    def _scaled_log(u: torch.Tensor) -> torch.Tensor:
+        return u.log() / PRIOR_SD
+
+    def _both(self, q: torch.Tensor, r: torch.Tensor) -> dict[str, float]:
+        return {"raw": w2(q, r), "scaled_log": w2(self._scaled_log(q), self._scaled_log(r))}
+
+    def score(self, draw) -> dict:
+        """``draw(n, seed) -> (n, 4)`` positive ``u``; one fresh draw per reference subset."""
+        values = []
+        for k, (a, _) in enumerate(self.subsets):
+            q = draw(self.n, 300 + k).double()
+            if not bool(torch.isfinite(q).all()) or not bool((q > 0).all()):
+                raise ValueError("the method returned non-finite or non-positive draws")
+            values.append(self._both(q, self.ref[a]))
+        return {key: summary([v[key] for v in values]) for key in ("raw", "scaled_log")}
+
+
+def make_guide(problem, args) -> pyro_kr.AmortizedKR:
+    return pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
+                               embedding_dim=args.embedding_dim,
+                               hidden_dims=tuple(args.hidden))
+
+
+def kr_draw(guide, y_obs, names):
+    def draw(n: int, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        values = guide.sample(y_obs, n)
+        return torch.stack([values[k].reshape(n) for k in names], -1)
+
+    return draw
+
+
+def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = make_guide(problem, args)
+    steps = forward_steps(budget, args) if mode != "reverse" else args.reverse_steps
+    optim = pyro.optim.ClippedAdam({"lr": args.lr_forward if mode != "reverse" else
+                                    args.lr_reverse, "lrd": 0.1 ** (1 / steps),
+                                    "clip_norm": 10.0})
+    kwargs = dict(mode=mode, steps=steps, optim=optim, progress=args.progress,
+                  objective=args.objective, num_particles=args.num_particles)
+    if mode == "reverse":
+        kwargs.update(batch_size=args.batch_reverse)
+    else:
+        kwargs.update(batch_size=args.batch_forward, simulations=bank,
+                      validate_every=args.validate_every, patience=args.patience)
+    if mode == "hybrid":
+        kwargs.update(reverse_steps=args.hybrid_reverse_steps, reverse_lr=args.lr_reverse)
+    t0 = time.perf_counter()
+    history = pyro_kr.fit_amortized(problem.model, guide, **kwargs)
+    facts = {"train_seconds": time.perf_counter() - t0, "steps": history.steps,
+             "best_step": history.best_step, "simulations": history.simulations,
+             "model_evaluations": history.model_evaluations,
+             "forward_steps": history.forward_steps}
+    return kr_draw(guide, problem.observation(0), problem.param_names), facts
+
+
+def forward_steps(budget: int, args) -> int:
+    """Forward-phase steps: ``--epochs`` passes over the bank, within the step bounds."""
+    steps = math.ceil(args.epochs * budget / args.batch_forward)
+    return int(min(max(steps, args.min_steps), args.max_steps))
+
+
+def train_cot(problem, bank, budget: int, args, seed: int) -> tuple:
+    names = problem.param_names
+    log_u = torch.stack([bank[k] for k in names], -1).log()
+    y = bank["y"].reshape(budget, -1)
+    pyro.set_rng_seed(seed)
+    cot = pyro_kr.COTFlowMatching(dim_u=log_u.shape[1], dim_y=y.shape[1], transform_y=torch.log,
+                                  width=args.cot_width, depth=args.cot_depth)
+    steps = forward_steps(budget, args)
+    t0 = time.perf_counter()
+    cot.fit(log_u, y, steps=steps, batch_size=args.batch_forward,
+            coupling="full" if budget <= args.cot_full_max else "minibatch",
+            validation=0.1, validate_every=max(1, steps // 10), progress=args.progress,
+            seed=seed)
+    facts = {"train_seconds": time.perf_counter() - t0, "steps": steps, "simulations": budget}
+    post = cot.posterior(problem.observation(0).reshape(-1))  # transform_y applies the log
+
+    def draw(n: int, s: int) -> torch.Tensor:
+        torch.manual_seed(s)
+        return post.sample((n,)).exp()
+
+    return draw, facts
+
+
+def train_npe(sbi, problem, bank, budget: int, estimator: str, args, seed: int) -> tuple:
+    from sbi.inference import NPE
+
+    names = problem.param_names
+    theta = torch.stack([bank[k] for k in names], -1).log().float()
+    x = bank["y"].reshape(budget, -1).log().float()
+    prior = torch.distributions.MultivariateNormal(
+        torch.tensor(PRIOR_LOC), PRIOR_SD**2 * torch.eye(4))
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    inference = NPE(prior=prior, density_estimator=estimator, show_progress_bars=False)
+    train_kwargs = {} if args.npe_max_epochs is None else {"max_num_epochs": args.npe_max_epochs}
+    estimator_net = inference.append_simulations(theta, x).train(**train_kwargs)  # defaults
+    posterior = inference.build_posterior(estimator_net)
+    facts = {"train_seconds": time.perf_counter() - t0, "simulations": budget,
+             "epochs": int(inference._summary["epochs_trained"][-1])
+             if hasattr(inference, "_summary") else None,
+             "sbi_version": sbi.__version__}
+    x_obs = problem.observation(0).reshape(-1).log().float()
+
+    def draw(n: int, s: int) -> torch.Tensor:
+        torch.manual_seed(s)
+        return posterior.sample((n,), x=x_obs, show_progress_bars=False).double().exp()
+
+    return draw, facts
+
+
+def run(args) -> dict:
+    torch.set_num_threads(1)
+    problem = problems.get("lotka_volterra")
+    scorer = Scorer(problem, args.n_test, args.test_sets)
+    sbi = import_sbi()
+    skipped = {}
+    if sbi is None:
+        for m in ("npe_maf", "npe_nsf"):
+            if m in args.methods:
+                skipped[m] = ("sbi is not installed: the sbi peers were skipped (install the "
+                              "'peers' extra: pip install 'pyro-kr[peers]')")
+        log("SKIP npe_maf, npe_nsf: sbi is not installed (pip install 'pyro-kr[peers]')")
+    rows = []
+    for seed in args.seeds:
+        if "reverse" in args.methods:  # no simulation bank: trained once per seed
+            rows.append(evaluate(scorer, "reverse", None, seed, lambda s=seed: train_kr(
+                problem, "reverse", None, 0, args, s)))
+        for budget in args.budgets:
+            u, y = problem.simulate(budget, seed=10_000 + seed)
+            bank = {**u, "y": y}
+            for method in args.methods:
+                if method == "reverse" or method in skipped:
+                    continue
+                if method in ("forward", "hybrid"):
+                    fn = lambda m=method, b=budget, s=seed, k=bank: train_kr(  # noqa: E731
+                        problem, m, k, b, args, s)
+                elif method == "cot":
+                    fn = lambda b=budget, s=seed, k=bank: train_cot(  # noqa: E731
+                        problem, k, b, args, s)
+                else:
+                    fn = lambda m=method, b=budget, s=seed, k=bank: train_npe(  # noqa: E731
+                        sbi, problem, k, b, m.split("_")[1], args, s)
+                rows.append(evaluate(scorer, method, budget, seed, fn))
+    return {"rows": rows, "floor_w2": scorer.floor, "n_test": scorer.n,
+            "test_sets": args.test_sets, "skipped": skipped,
+            "sbi_version": getattr(sbi, "__version__", None)}
+
+
+def evaluate(scorer, method, budget, seed, train) -> dict:
+    log(f"{method} budget={budget} seed={seed}: training")
+    try:
+        draw, facts = train()
+        score = scorer.score(draw)
+    except Exception as error:  # noqa: BLE001 - record and go on with the other methods
+        log(f"{method} budget={budget} seed={seed} failed: {error!r}")
+        return {"method": method, "budget": budget, "seed": seed, "error": repr(error)}
+    row = {"method": method, "budget": budget, "seed": seed, "w2": score, **facts}
+    log(f"{method} budget={budget} seed={seed}: W2 raw {score['raw']['mean']:.4f}, scaled log "
+        f"{score['scaled_log']['mean']:.4f} ({facts['train_seconds']:.0f} s)")
+    return row
+
+
+def print_table(result: dict) -> None:
+    floor = result["floor_w2"]
+    print()
+    header = (f"{'method':<10}{'budget':>8}{'seed':>5}{'W2 raw u':>18}{'W2 scaled log u':>18}"
+              f"{'train s':>9}{'model evals':>13}")
+    print(header)
+    print("-" * len(header))
+    for r in result["rows"]:
+        budget = "-" if r["budget"] is None else f"{r['budget']:,}"
+        if "error" in r:
+            print(f"{r['method']:<10}{budget:>8}{r['seed']:>5}  failed: {r['error']}")
+            continue
+        raw, sl = r["w2"]["raw"], r["w2"]["scaled_log"]
+        evals = r.get("model_evaluations") or 0
+        print(f"{r['method']:<10}{budget:>8}{r['seed']:>5}"
+              f"{raw['mean']:>10.4f} ± {raw['sd']:.4f}{sl['mean']:>10.4f} ± {sl['sd']:.4f}"
+              f"{r['train_seconds']:>9.0f}{evals:>13,}")
+    print(f"noise floor (reference vs reference, n = {result['n_test']}): raw "
+          f"{floor['raw']['mean']:.4f}, scaled log {floor['scaled_log']['mean']:.4f}")
+    for method, why in result["skipped"].items():
+        print(f"SKIPPED {method}: {why}")
+    print(f"paper 004 COT-FM W2 {PAPER_W2} (coordinates not stated in the paper)")
+
+
+def plot(result: dict, out_dir: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("raw", "scaled_log"), strict=True):
+        by_method: dict[str, dict[int, list[float]]] = {}
+        for r in result["rows"]:
+            if "error" in r or r["budget"] is None:
+                continue
+            by_method.setdefault(r["method"], {}).setdefault(r["budget"], []).append(
+                r["w2"][key]["mean"])
+        for method, points in sorted(by_method.items()):
+            xs = sorted(points)
+            ax.plot(xs, [statistics.fmean(points[b]) for b in xs], "o-", label=method)
+        ax.axhline(result["floor_w2"][key]["mean"], color="grey", ls="--", label="floor")
+        ax.set(xscale="log", yscale="log", xlabel="simulations", title=f"W2, {key} u")
+        ax.legend(fontsize=8)
+    path = out_dir / "w2_vs_budget.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", type=int, nargs="+",
+                        default=[1_000, 3_000, 10_000, 30_000, 100_000])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--epochs", type=float, default=200.0,
+                        help="forward/COT steps = epochs x budget / batch (within the bounds)")
+    parser.add_argument("--min-steps", type=int, default=2_000)
+    parser.add_argument("--max-steps", type=int, default=40_000)
+    parser.add_argument("--reverse-steps", type=int, default=10_000)
+    parser.add_argument("--hybrid-reverse-steps", type=int, default=1_000)
+    parser.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
+    parser.add_argument("--num-particles", type=int, default=None)
+    parser.add_argument("--batch-forward", type=int, default=256)
+    parser.add_argument("--batch-reverse", type=int, default=128)
+    parser.add_argument("--lr-forward", type=float, default=2e-3)
+    parser.add_argument("--lr-reverse", type=float, default=1e-3)
+    parser.add_argument("--validate-every", type=int, default=200)
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    parser.add_argument("--embedding-dim", type=int, default=16)
+    parser.add_argument("--cot-width", type=int, default=256)
+    parser.add_argument("--cot-depth", type=int, default=4)
+    parser.add_argument("--cot-full-max", type=int, default=10_000,
+                        help="full OT plan up to this budget, minibatch plans above")
+    parser.add_argument("--npe-max-epochs", type=int, default=None,
+                        help="cap sbi's epochs (default: sbi's own early stopping; smoke: 2)")
+    parser.add_argument("--n-test", type=int, default=5_000)
+    parser.add_argument("--test-sets", type=int, default=5)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--plot-dir", default=str(PLOTS))
+    parser.add_argument("--smoke", action="store_true", help="tiny settings, seconds")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.budgets, args.seeds = [200], [0]
+        args.min_steps = args.max_steps = args.reverse_steps = args.hybrid_reverse_steps = 3
+        args.batch_forward, args.batch_reverse, args.validate_every = 32, 8, 2
+        args.hidden, args.depth, args.cot_width, args.cot_depth = [8], 1, 16, 2
+        args.n_test, args.test_sets, args.npe_max_epochs = 100, 1, 2
+    result = run(args)
+    payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+               "settings": vars(args), "torch_threads": 1, **result}
+    if not args.smoke or args.out != str(RESULTS):
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1, default=float))
+        log(f"wrote {args.out}")
+        path = plot(result, Path(args.plot_dir))
+        if path is not None:
+            log(f"plot: {path}")
+    print_table(result)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

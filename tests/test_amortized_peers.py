@@ -1,0 +1,59 @@
+"""benchmarks/amortized_peers.py --smoke: runs with and without sbi (the 'peers' extra)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "amortized_peers.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("amortized_peers_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_without_sbi_skips_the_peers_with_a_clear_message(tmp_path, monkeypatch, capsys):
+    bench = _load()
+    real_import = bench.importlib.import_module
+
+    def no_sbi(name, *args, **kwargs):
+        if name == "sbi" or name.startswith("sbi."):
+            raise ImportError("No module named 'sbi'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(bench.importlib, "import_module", no_sbi)
+    out = tmp_path / "peers.json"
+    payload = bench.main(["--smoke", "--methods", "forward", "npe_maf", "npe_nsf",
+                          "--out", str(out), "--plot-dir", str(tmp_path / "plots")])
+    printed = capsys.readouterr().out
+    assert "SKIP npe_maf, npe_nsf: sbi is not installed" in printed
+    assert "SKIPPED npe_maf: sbi is not installed" in printed
+    saved = json.loads(out.read_text())
+    assert set(saved["skipped"]) == {"npe_maf", "npe_nsf"}
+    assert [r["method"] for r in payload["rows"]] == ["forward"]
+    row = payload["rows"][0]
+    assert row["simulations"] == 200 and row["model_evaluations"] == 0
+    for key in ("raw", "scaled_log"):  # both coordinates, each with its floor
+        assert row["w2"][key]["mean"] > 0 and saved["floor_w2"][key]["mean"] > 0
+
+
+def test_smoke_with_sbi_trains_npe_on_the_same_bank(tmp_path):
+    pytest.importorskip("sbi")
+    bench = _load()
+    payload = bench.main(["--smoke", "--methods", "npe_maf", "hybrid", "--out",
+                          str(tmp_path / "peers.json"), "--plot-dir", str(tmp_path / "plots")])
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert "error" not in rows["npe_maf"], rows["npe_maf"]
+    # hybrid: the bank, then 3 reverse steps of a fresh batch of 32 y (smoke batch size)
+    assert rows["npe_maf"]["simulations"] == rows["hybrid"]["simulations"] - 3 * 32 == 200
+    assert rows["hybrid"]["model_evaluations"] == 3 * 32
+    assert payload["skipped"] == {}
+    assert (tmp_path / "plots" / "w2_vs_budget.png").exists()

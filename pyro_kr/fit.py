@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import ELBO, SVI, Trace_ELBO
 from pyro.optim import Adam, PyroOptim
 from tqdm.auto import tqdm
 
+from pyro_kr import distributed
 from pyro_kr.checkpoint import atomic_save, get_rng_state, load_checkpoint, set_rng_state
 
 __all__ = ["History", "NonFiniteLossError", "fit"]
@@ -132,6 +133,22 @@ def _postfix(record: dict[str, float], value: float) -> dict[str, str]:
     return out
 
 
+def _parallel_svi(model, guide, optim, loss, args, kwargs) -> SVI:
+    """``SVI`` whose gradients ``DistributedDataParallel`` averages over the ranks.
+
+    The parameters are built first (without touching the RNG, so every rank keeps the same
+    stream). A Pyro ELBO then reseeds each rank differently (its own particles); any other
+    loss keeps one stream on every rank and takes its share of the batch itself.
+    """
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), pyro.poutine.block():
+        guide_trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
+        pyro.poutine.replay(model, trace=guide_trace)(*args, **kwargs)
+    if isinstance(loss, ELBO):
+        seed = int(torch.randint(2**62, ()))  # the same on every rank
+        torch.manual_seed(seed + distributed.rank())
+    return SVI(model, guide, optim, distributed.wrap(model, guide, loss))
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -200,8 +217,13 @@ def fit(
         history = History.from_state_dict(state["history"])
         set_rng_state(state["rng"])
         start = int(state["step"])
+    parallel = distributed.setup()
+    if parallel:  # under torchrun: DDP averages the gradients of every rank's share
+        svi = _parallel_svi(model, guide, optim, loss, args, kwargs)
 
     def save(step: int) -> None:
+        if not distributed.is_main():  # rank 0 writes the checkpoint
+            return
         atomic_save(
             {
                 "step": step,
@@ -214,12 +236,14 @@ def fit(
             checkpoint,
         )
 
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc="fit", unit="step")
+    bar = tqdm(total=steps, initial=start, disable=not progress or not distributed.is_main(), desc="fit", unit="step")
     began = time.perf_counter() - history.seconds
     snapshot = _snapshot()
     try:
         for step in range(start, steps):
             value = svi.step(*args, **kwargs)
+            if parallel:
+                value = distributed.mean(value)  # the loss of the global batch
             # A finite loss can still come with NaN/inf gradients, which the optimizer writes
             # into the parameters: check both, so the next step does not fail obscurely.
             bad = "loss" if not math.isfinite(value) else _non_finite_params()
@@ -233,6 +257,8 @@ def fit(
                 )
             snapshot = _snapshot()
             record = _record(loss, value)
+            if parallel:
+                record["loss"] = value
             history.append(record)
             history.seconds = time.perf_counter() - began
             bar.update(1)
@@ -246,4 +272,6 @@ def fit(
         bar.close()
     if checkpoint is not None:
         save(history.steps)
+    if parallel:
+        distributed.barrier()  # the final checkpoint exists for every rank on return
     return history

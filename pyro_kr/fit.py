@@ -236,7 +236,8 @@ def fit(
             checkpoint,
         )
 
-    bar = tqdm(total=steps, initial=start, disable=not progress or not distributed.is_main(), desc="fit", unit="step")
+    bar = tqdm(total=steps, initial=start, disable=not progress or not distributed.is_main(),
+               desc="fit", unit="step")
     began = time.perf_counter() - history.seconds
     snapshot = _snapshot()
     try:

@@ -29,10 +29,45 @@ from pyro_kr.flow_matching.ode import rk4_flow
 from pyro_kr.flow_matching.velocity import call_velocity
 from pyro_kr.metrics import w2
 
-__all__ = ["COUPLINGS", "FlowMatchingHistory", "TrainConfig", "train_flow_matching", "w2"]
+__all__ = [
+    "COUPLINGS",
+    "FlowMatchingHistory",
+    "TrainConfig",
+    "run_generator",
+    "train_flow_matching",
+    "w2",
+]
 
 COUPLINGS = ("full", "minibatch", "independent")
 LR_SCHEDULES = ("constant", "cosine")
+
+
+_STREAM_KEY = 0x434F54464D  # "COTFM": separates the run's stream from torch.manual_seed(seed)
+
+
+def run_generator(seed: int) -> torch.Generator:
+    """The seeded generator behind a run's noise, times, batches and couplings.
+
+    ``torch.Generator().manual_seed(seed)`` would replay the stream of the *global* generator
+    after ``torch.manual_seed(seed)``: data drawn by a user with ``torch.manual_seed(0)`` (e.g.
+    ``y = torch.randn(n, 1)``) would then coincide with the source noise ``u0`` of a run with
+    ``seed=0``, and a source ``(y, u0 = y)`` is not ``nu_Y x N(0, I)``. The generator is seeded
+    with a 64-bit key derived from ``(seed, "COTFM")`` by :class:`numpy.random.SeedSequence`
+    instead, so equal seeds still give equal runs but never the user's stream.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(3)
+        >>> bool(torch.equal(torch.randn(3, generator=run_generator(0)), x))
+        False
+    """
+    import numpy as np
+
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    entropy = [seed % 2**64, _STREAM_KEY]
+    key = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(key))
 
 
 @dataclass(frozen=True)
@@ -190,7 +225,7 @@ class _Batches:
 
 def validation_w2(velocity: nn.Module, u_val, y_val, *, ode_steps: int, seed: int) -> float:
     """Joint W2 between ``(y_val, u_val)`` and ``(y_val, flow samples given y_val)``."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = run_generator(seed)
     u0 = torch.randn(u_val.shape, generator=gen).to(u_val)
     with torch.no_grad():
         u1 = rk4_flow(velocity, u0, y_val, steps=ode_steps)
@@ -236,7 +271,7 @@ def train_flow_matching(
     """
     from tqdm.auto import tqdm
 
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = run_generator(config.seed)
     params = [p for p in velocity.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
     scheduler = (

@@ -4,13 +4,41 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from pyro_kr._atomic import atomic_path
 
-__all__ = ["atomic_save", "get_rng_state", "load_checkpoint", "set_rng_state"]
+__all__ = [
+    "atomic_save",
+    "check_writable",
+    "get_rng_state",
+    "load_checkpoint",
+    "set_rng_state",
+]
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` now if a checkpoint cannot be written at ``path`` later.
+
+    Creates the folder if needed and writes (then removes) a temporary file in it, which is
+    exactly what :func:`atomic_save` will do.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {os.fspath(path)!r} is a folder; pass a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write checkpoint {os.fspath(path)!r} ({type(exc).__name__}: "
+            f"{exc.strerror or exc}); choose a file in a writable folder"
+        ) from exc
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,15 @@ from pyro.optim import Adam, PyroOptim
 from tqdm.auto import tqdm
 
 from pyro_kr import distributed
-from pyro_kr.checkpoint import atomic_save, get_rng_state, load_checkpoint, set_rng_state
+from pyro_kr._batching import quiet_plate_guess
+from pyro_kr._validation import check_observed
+from pyro_kr.checkpoint import (
+    atomic_save,
+    check_writable,
+    get_rng_state,
+    load_checkpoint,
+    set_rng_state,
+)
 
 __all__ = ["History", "NonFiniteLossError", "fit"]
 
@@ -133,6 +142,55 @@ def _postfix(record: dict[str, float], value: float) -> dict[str, str]:
     return out
 
 
+def _check_data(model: Callable, args: tuple, kwargs: dict) -> None:
+    """Refuse observed data holding NaN/inf before training (one run of the model alone)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), pyro.poutine.block():
+            trace = pyro.poutine.trace(model).get_trace(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - the first SVI step reports the model's own error
+        return
+    check_observed("fit", trace)
+
+
+class _LineProgress:
+    """Progress for logs and CI (not a terminal): one plain line every 10% of the steps."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        self.total, self.n = total, initial
+        self.every = max(1, total // 10)
+        self.postfix: dict[str, str] = {}
+        self.began = time.perf_counter()
+        self.first = initial
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n % self.every == 0 or self.n == self.total:
+            rate = (self.n - self.first) / max(time.perf_counter() - self.began, 1e-9)
+            fields = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+            print(
+                f"fit: step {self.n}/{self.total} {fields} {rate:.3g} step/s".replace("  ", " "),
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def set_postfix(self, postfix: dict[str, str], refresh: bool = False) -> None:
+        self.postfix = postfix
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(progress: bool, total: int, initial: int):
+    """tqdm on a terminal or in a notebook; plain periodic lines otherwise; nothing if off."""
+    if not progress:
+        return tqdm(total=total, initial=initial, disable=True)
+    notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
+    if notebook or sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, desc="fit", unit="step")
+    return _LineProgress(total, initial)
+
+
 def _parallel_svi(model, guide, optim, loss, args, kwargs) -> SVI:
     """``SVI`` whose gradients ``DistributedDataParallel`` averages over the ranks.
 
@@ -140,7 +198,8 @@ def _parallel_svi(model, guide, optim, loss, args, kwargs) -> SVI:
     stream). A Pyro ELBO then reseeds each rank differently (its own particles); any other
     loss keeps one stream on every rank and takes its share of the batch itself.
     """
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), pyro.poutine.block():
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), pyro.poutine.block(), \
+            quiet_plate_guess():
         guide_trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
         pyro.poutine.replay(model, trace=guide_trace)(*args, **kwargs)
     if isinstance(loss, ELBO):
@@ -168,9 +227,12 @@ def fit(
     Args:
         model, guide: Pyro model and guide; ``*args, **kwargs`` are passed to both.
         loss: a Pyro ELBO, e.g. :class:`~pyro_kr.TransportELBO` (default ``Trace_ELBO()``).
-        steps: total number of steps (a resumed run continues up to this number).
+        steps: total number of steps, ``>= 1`` (a resumed run continues up to this number;
+            a checkpoint already past it is refused).
         lr: Adam learning rate (default 1e-2), or pass ``optim`` (a ``pyro.optim`` optimizer).
-        progress: show a progress bar with loss, ELBO, eps, lambda and steps/s.
+        progress: show a progress bar with loss, ELBO, eps, lambda and steps/s (a tqdm bar on
+            a terminal or in a notebook; when stderr is not a terminal, e.g. logs or CI, one
+            plain line every 10% of the steps).
         checkpoint: path of a checkpoint file. If it exists the run resumes from it exactly
             (parameters, optimizer, schedule and RNG state); it is rewritten atomically every
             ``checkpoint_every`` steps and at the end, so an interrupt loses at most that many.
@@ -179,6 +241,9 @@ def fit(
     Raises:
         NonFiniteLossError: the loss became NaN/inf at a named step; parameters are restored
             to their values before that step.
+        ValueError: ``steps < 1``, a loss with ``num_particles < 1``, observed data holding
+            NaN/inf, a checkpoint path that cannot be written, or a checkpoint past ``steps``;
+            all raised before the first step.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -190,11 +255,23 @@ def fit(
         >>> history.steps
         20
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"steps must be a positive int, got {steps!r}; steps=0 would return the guide "
+            "untrained"
+        )
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     loss = Trace_ELBO() if loss is None else loss
+    particles = getattr(loss, "num_particles", 1)
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+        raise ValueError(
+            f"the loss has num_particles={particles!r}; it must be an int >= 1 "
+            "(with 0 particles the loss is 0 and nothing is trained)"
+        )
+    _check_data(model, args, kwargs)
+    if checkpoint is not None:
+        check_writable(checkpoint)
     optim = _resolve_optim(lr, optim)
     schedule = getattr(loss, "schedule", None)
     svi = SVI(model, guide, optim, loss)
@@ -203,7 +280,13 @@ def fit(
 
     if checkpoint is not None and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint)
-        with torch.no_grad(), pyro.poutine.block():
+        if int(state["step"]) > steps:
+            raise ValueError(
+                f"checkpoint {os.fspath(checkpoint)!r} is at step {int(state['step'])}, beyond "
+                f"steps={steps}; pass steps >= {int(state['step'])} to resume it, or delete "
+                "the file (or pass another checkpoint path) to start over"
+            )
+        with torch.no_grad(), pyro.poutine.block(), quiet_plate_guess():
             # Build every parameter (guide and model) before loading values into them.
             guide_trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
             pyro.poutine.replay(model, trace=guide_trace)(*args, **kwargs)
@@ -236,13 +319,13 @@ def fit(
             checkpoint,
         )
 
-    bar = tqdm(total=steps, initial=start, disable=not progress or not distributed.is_main(),
-               desc="fit", unit="step")
+    bar = _progress_bar(progress and distributed.is_main(), steps, start)
     began = time.perf_counter() - history.seconds
     snapshot = _snapshot()
     try:
         for step in range(start, steps):
-            value = svi.step(*args, **kwargs)
+            with quiet_plate_guess():
+                value = svi.step(*args, **kwargs)
             if parallel:
                 value = distributed.mean(value)  # the loss of the global batch
             # A finite loss can still come with NaN/inf gradients, which the optimizer writes

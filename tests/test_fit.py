@@ -243,8 +243,8 @@ def test_optim_argument():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"steps": -1}, ValueError, "steps must be a non-negative int, got -1"),
-        ({"steps": 1.5}, ValueError, "steps must be a non-negative int"),
+        ({"steps": -1}, ValueError, "steps must be a positive int, got -1"),
+        ({"steps": 1.5}, ValueError, "steps must be a positive int"),
         ({"lr": 0.0}, ValueError, "lr must be > 0, got 0.0"),
         ({"lr": 0.1, "optim": Adam({"lr": 0.1})}, ValueError, "either lr or optim"),
         ({"optim": torch.optim.Adam}, TypeError, "pyro.optim optimizer"),

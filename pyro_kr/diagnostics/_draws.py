@@ -25,6 +25,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_kr._batching import BATCH_SAFE_HINT, batch_problem, subsampled_plates
 from pyro_kr._validation import check_dim
 
 _DRAWS_PLATE = "_pyro_kr_draws"
@@ -218,7 +219,13 @@ def draw_guide(
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
         torch.manual_seed(seed)
-        guide_tr, model_tr = _prototype(guide, model, args, kwargs)
+        raw_guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        raw_model_tr = poutine.trace(poutine.replay(model, trace=raw_guide_tr)).get_trace(
+            *args, **kwargs
+        )
+        _refuse_subsampling(raw_guide_tr, raw_model_tr)
+        guide_tr = prune_subsample_sites(raw_guide_tr)
+        model_tr = prune_subsample_sites(raw_model_tr)
         latent_sites = [
             s for s in _sample_sites(model_tr)
             if not s["is_observed"] and s["name"] in guide_tr.nodes
@@ -237,6 +244,27 @@ def draw_guide(
                 ll_dims[site["name"]] = names[:batch_ndim]
         depth = _max_plate_nesting(guide_tr, model_tr)
         result = None
+        if vectorize is not False and num_samples > 1:
+            # A few draws first: a model that broadcasts draws against draws would need
+            # num_samples^2 memory in the full pass.
+            reason = batch_problem(
+                model, guide, args, kwargs, num_draws=min(3, num_samples), dim=-depth - 1
+            )
+            if reason is not None:
+                if vectorize:
+                    raise ValueError(
+                        f"vectorize=True, but the model is not batch-safe: {reason}. "
+                        f"{BATCH_SAFE_HINT[0].upper()}{BATCH_SAFE_HINT[1:]}, or pass "
+                        "vectorize=None (loop with a warning) or vectorize=False"
+                    )
+                warnings.warn(
+                    f"the model is not batch-safe, so the {num_samples} draws are scored one "
+                    f"after another (slower): {reason}. For vectorized speed, "
+                    f"{BATCH_SAFE_HINT}; pass vectorize=False to silence this warning",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                vectorize = False
         if vectorize is not False:
             try:
                 result = _vectorized(
@@ -332,6 +360,18 @@ def _vectorized_predictive(free, args, kwargs, draws: GuideDraws, n: int):
         name: _reshape_draws(tr.nodes[name]["value"], n, draws.observed[name].shape)
         for name in draws.observed
     }
+
+
+def _refuse_subsampling(*traces) -> None:
+    plates = subsampled_plates(*traces)
+    if plates:
+        which = ", ".join(f"{k!r} ({n} of {full})" for k, (n, full) in plates.items())
+        raise ValueError(
+            f"the model subsamples plate {which}: importance weights (psis) and pointwise "
+            "log likelihoods need the log joint of the full data, which a subsample only "
+            "estimates. Run this with the model on the full data (pyro.plate without "
+            "subsample_size, e.g. make subsample_size a model argument and pass None)"
+        )
 
 
 def _check_vectorized(model, args, kwargs, result, indices) -> None:

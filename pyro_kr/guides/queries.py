@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from pyro import poutine
 from pyro.distributions.transforms import biject_to
+
+from pyro_kr._validation import check_dim
 
 __all__ = ["ConditionalPosterior", "KRQueries"]
 
@@ -34,6 +37,7 @@ class ConditionalPosterior:
 
         Returns dict name -> ``(num_samples, *site_shape)``.
         """
+        check_dim("num_samples", num_samples)
         guide, m = self._guide, self._x_lead.shape[-1]
         rest = guide.get_base_dist().sample((num_samples,))[..., m:]
         x = torch.cat([self._x_lead.expand(num_samples, m), rest], dim=-1)
@@ -44,6 +48,30 @@ class ConditionalPosterior:
 
 class KRQueries:
     """Mixin for packed-latent KR guides with ``transform``, ``order`` and ``site_slices()``."""
+
+    def _check_latent_shapes(self, *args, **kwargs) -> None:
+        """Refuse model arguments under which a latent site has another shape than at setup.
+
+        The map's dimension is fixed when the guide is built; a latent whose shape follows
+        the data (a local latent in a plate over the data) cannot be answered for new data.
+        """
+        if self.prototype_trace is None or not (args or kwargs):
+            return
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+            trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+        for name in self.site_slices():
+            old = tuple(self.prototype_trace.nodes[name]["value"].shape)
+            site = trace.nodes.get(name)
+            new = None if site is None else tuple(site["value"].shape)
+            if new != old:
+                got = "is absent" if new is None else f"has shape {new}"
+                raise ValueError(
+                    f"with these model arguments the latent site {name!r} {got}, but the "
+                    f"guide was built for shape {old} (its map has a fixed dimension "
+                    f"{self.latent_dim}); build and fit a new guide for these arguments "
+                    "(a latent whose shape follows the data cannot be queried for new data)"
+                )
 
     def _leading_width(self, names: Sequence[str], what: str) -> int:
         if self.prototype_trace is None:
@@ -74,6 +102,7 @@ class KRQueries:
 
         Returns dict name -> ``(num_samples, *site_shape)`` for the requested sites.
         """
+        check_dim("num_samples", num_samples)
         m = self._leading_width(names, "marginal")
         x = self.get_base_dist().sample((num_samples,))
         x[..., m:] = 0.0

@@ -70,7 +70,8 @@ class GeometricSchedule(Schedule):
         if not (0 < self.start < math.inf and 0 < self.end < math.inf):
             raise ValueError(
                 "a geometric schedule needs finite positive start and end, got "
-                f"start={self.start}, end={self.end}; use ConstantSchedule(math.inf) for lam=inf"
+                f"start={self.start}, end={self.end}; use ConstantSchedule.of(value) for a "
+                "constant (e.g. ConstantSchedule.of(math.inf) for lam = inf)"
             )
 
     def __call__(self, step: int) -> float:
@@ -122,10 +123,43 @@ def _as_schedule(value, steps: int, kind: str, name: str) -> Schedule:
     if isinstance(value, tuple | list) and len(value) == 2:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
-        return _KINDS[kind](float(value[0]), float(value[1]), steps)
+        start, end = _check_pair(name, value)
+        if steps == 0 and start != end:
+            raise ValueError(
+                f"Annealing(steps=0) leaves no room for the ramp {name}=({start}, {end}): it "
+                f"would start at its end value {end}. Pass steps >= 1 (usually the number of "
+                f"training steps), or a constant {name}={end}"
+            )
+        return _KINDS[kind](start, end, steps)
     raise ValueError(
         f"{name} must be a number, a (start, end) pair or a Schedule, got {value!r}"
     )
+
+
+def _check_pair(name: str, value) -> tuple[float, float]:
+    """Check an ``eps`` or ``lam`` ``(start, end)`` pair; the message names the argument."""
+    try:
+        start, end = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (start, end) pair of numbers, got {value!r}") from None
+    if name == "eps":
+        if not (0 < start <= 1 and 0 < end <= 1):
+            raise ValueError(
+                f"eps must lie in (0, 1], got eps=({start}, {end}); eps weights the transport "
+                "cost's coordinates and anneals from 1 towards 0, e.g. eps=(1.0, 1e-3)"
+            )
+    elif name == "lam":
+        if not (start > 0 and end > 0):
+            raise ValueError(
+                f"lam must be > 0, got lam=({start}, {end}); lam weights the KL term and "
+                "anneals upwards, e.g. lam=(1.0, 1e4)"
+            )
+        if math.isinf(end) or math.isinf(start):
+            raise ValueError(
+                f"a lam ramp needs finite ends, got lam=({start}, {end}); use a large finite "
+                "end (e.g. 1e4), or lam=math.inf for the plain ELBO"
+            )
+    return start, end
 
 
 class Annealing:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.util import torch_item
 from pyro.util import warn_if_nan
 
+from pyro_kr._batching import BATCH_SAFE_HINT, batch_problem, prototype, quiet_plate_guess
+from pyro_kr._validation import check_dim, check_no_enumeration, check_observed
 from pyro_kr.objective.cost import reference_pairs, weighted_cost
 from pyro_kr.objective.schedules import Annealing
 
@@ -30,10 +33,20 @@ class TransportELBO(Trace_ELBO):
     calls) and of :meth:`differentiable_loss` (for plain torch loops); :meth:`loss` only
     evaluates. After each call, :attr:`last` holds ``loss``, ``elbo``, ``cost``, ``eps``, ``lam``.
 
+    Any model that works with :class:`~pyro.infer.Trace_ELBO` works unchanged. Particles are
+    vectorized (one pass inside an outer ``pyro.plate``) when the model is batch-safe, which
+    is checked once, on the first call, by comparing the vectorized log-probabilities of two
+    particles with the model run on each alone. A model that is not (e.g. ``X @ w`` with
+    ``w ~ Normal(...).to_event(1)``, as Pyro's tutorials write it) gets one ``UserWarning``
+    naming the site and the fix, and its particles run one after another, as in
+    ``Trace_ELBO``. The first call also refuses, with a ``ValueError``, observed data holding
+    NaN/inf and discrete latent sites the guide does not sample (enumerated or not).
+
     Args:
         schedule: an :class:`~pyro_kr.Annealing`; ``None`` means ``lam = inf`` (plain ELBO).
-        num_particles: draws per step.
-        vectorize_particles: draw the particles in one vectorized pass.
+        num_particles: draws per step (``>= 1``).
+        vectorize_particles: draw the particles in one vectorized pass when the model is
+            batch-safe (default); ``False`` always runs them one after another.
         **elbo_kwargs: passed to :class:`~pyro.infer.Trace_ELBO` (e.g. ``max_plate_nesting``).
 
     Example:
@@ -60,6 +73,7 @@ class TransportELBO(Trace_ELBO):
             raise TypeError(
                 f"schedule must be a pyro_kr.Annealing or None, got {type(schedule).__name__}"
             )
+        check_dim("num_particles", num_particles)
         super().__init__(
             num_particles=num_particles,
             vectorize_particles=vectorize_particles and num_particles > 1,
@@ -67,6 +81,39 @@ class TransportELBO(Trace_ELBO):
         )
         self.schedule = schedule
         self.last: dict[str, float] = {}
+        self._checked = False
+
+    def _first_call_checks(self, model, guide, args, kwargs) -> None:
+        """Refuse bad data and enumerated sites; decide once whether to vectorize."""
+        guide_tr, model_tr = prototype(model, guide, args, kwargs)
+        check_observed("TransportELBO", model_tr)
+        check_no_enumeration("TransportELBO", model_tr, guide_tr)
+        if self.vectorize_particles:
+            if self.max_plate_nesting == math.inf:
+                with quiet_plate_guess():
+                    self._guess_max_plate_nesting(model, guide, args, kwargs)
+            reason = batch_problem(
+                model, guide, args, kwargs,
+                num_draws=self.num_particles, dim=-self.max_plate_nesting,
+            )
+            if reason is not None:
+                warnings.warn(
+                    f"TransportELBO: the model is not batch-safe, so its {self.num_particles} "
+                    f"particles run one after another (slower): {reason}. For vectorized "
+                    f"speed, {BATCH_SAFE_HINT}; or pass vectorize_particles=False to silence "
+                    "this warning.",
+                    UserWarning,
+                    stacklevel=6,
+                )
+                self.vectorize_particles = False
+                self.max_plate_nesting -= 1
+        self._checked = True
+
+    def _get_traces(self, model, guide, args, kwargs):
+        if not self._checked:
+            self._first_call_checks(model, guide, args, kwargs)
+        with quiet_plate_guess():
+            yield from super()._get_traces(model, guide, args, kwargs)
 
     def current(self) -> tuple[float, float]:
         """Current ``(eps, lam)``; ``(1.0, inf)`` without a schedule."""

@@ -94,8 +94,49 @@ def load_reference(name: str, index: int = 0) -> dict[str, np.ndarray]:
             f"shipped: {shipped}. Build one with pyro_kr.reference.nuts(problem, {index}) or "
             f"python -m pyro_kr.problems.references --problem {name}"
         )
-    with np.load(path) as data:
-        return {k: np.asarray(data[k]) for k in data.files}
+    regenerate = (
+        f"regenerate it with `python -m pyro_kr.problems.references --problem {name}` (or "
+        "reinstall pyro_kr to restore the shipped file)"
+    )
+    try:
+        with np.load(path) as data:
+            draws = {k: np.asarray(data[k]) for k in data.files}
+    except Exception as exc:  # noqa: BLE001 - zipfile/OSError/ValueError: re-raised with the fix
+        raise ValueError(
+            f"reference file {path} cannot be read ({type(exc).__name__}: {exc}): it is "
+            f"truncated or corrupted; {regenerate}"
+        ) from exc
+    _check_draws(name, draws, path, regenerate)
+    return draws
+
+
+def _check_draws(name: str, draws: dict[str, np.ndarray], path: Path, regenerate: str) -> None:
+    """Refuse a reference file with missing sites, NaN/inf or sites of unequal length."""
+    import pyro_kr.problems as problems
+
+    try:
+        expected = list(problems.get(name).param_names)
+    except (KeyError, ValueError):  # not a registered problem: check what is there
+        expected = list(draws)
+    missing = [k for k in expected if k not in draws]
+    if missing:
+        raise ValueError(
+            f"reference file {path} lacks the sites {missing} (it holds {sorted(draws)}; "
+            f"{name} has {expected}); {regenerate}"
+        )
+    for key in expected:
+        bad = int(np.size(draws[key]) - np.isfinite(draws[key]).sum())
+        if bad:
+            raise ValueError(
+                f"reference file {path} holds {bad} NaN/inf values in site {key!r}; "
+                f"{regenerate}"
+            )
+    lengths = {k: len(draws[k]) for k in expected}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"reference file {path} has sites with different numbers of draws {lengths}; "
+            f"{regenerate}"
+        )
 
 
 def reference_info(name: str, index: int = 0) -> dict[str, Any]:

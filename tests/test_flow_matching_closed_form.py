@@ -46,12 +46,11 @@ class LinearGaussian:
         u = pyro.sample("u", dist.MultivariateNormal(torch.zeros(self.dim_u), self.S))
         return pyro.sample("y", dist.MultivariateNormal(u @ self.A.T, self.R), obs=y)
 
-    def queries(self):
-        """``y`` at 0, at +-1 and +-2.2 marginal sds along the leading principal direction."""
+    def queries(self, steps=(-2.0, -1.0, 0.0, 1.0, 2.0)):
+        """``y`` at ``steps`` marginal sds along the leading principal direction of ``y``."""
         evals, evecs = torch.linalg.eigh(self.y_cov)
         direction = evecs[:, -1] * evals[-1].sqrt()
-        steps = torch.tensor([-2.2, -1.0, 0.0, 1.0, 2.2])
-        return steps[:, None] * direction
+        return torch.tensor(steps)[:, None] * direction
 
 
 def one_dim() -> LinearGaussian:
@@ -67,8 +66,8 @@ def three_dim() -> LinearGaussian:
     return LinearGaussian(L @ L.T, A, 0.5 * torch.eye(3))
 
 
-def check(cot: COTFlowMatching, problem: LinearGaussian) -> None:
-    y = problem.queries()
+def check(cot: COTFlowMatching, problem: LinearGaussian, **queries) -> None:
+    y = problem.queries(**queries)
     draws = cot.posterior(y).sample((NUM_DRAWS,))  # (draws, queries, dim_u)
     assert draws.shape == (NUM_DRAWS, y.shape[0], problem.dim_u)
     sd = problem.post_cov.diagonal().sqrt()
@@ -81,6 +80,17 @@ def check(cot: COTFlowMatching, problem: LinearGaussian) -> None:
 
 
 PROBLEMS = {"1d": one_dim, "3d": three_dim}
+
+
+def test_default_settings_near_the_centre():
+    # the one default-settings check of the default run (the issue-17 joint, sample-based);
+    # the tails and the other configurations are the slow tests below
+    problem = one_dim()
+    torch.manual_seed(0)
+    u, y = problem.pairs(NUM_PAIRS)
+    cot = COTFlowMatching(dim_u=1, dim_y=1)
+    cot.fit(u=u, y=y, steps=STEPS, progress=False)
+    check(cot, problem, steps=(-0.5, 0.0, 0.5))
 
 
 @pytest.mark.slow

@@ -354,3 +354,9 @@ class AmortizedKR(PackedKRGuide):
         if self.prototype_trace is None:
             raise RuntimeError("pack needs the guide's structure: call posterior(y) first")
         return self._pack(values, batch_ndim)
+
+    def unpack(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Packed unconstrained latents ``(*batch, d)`` -> ``name -> (*batch, *site_shape)``."""
+        if self.prototype_trace is None:
+            raise RuntimeError("unpack needs the guide's structure: call posterior(y) first")
+        return self._constrain(latent)

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pyro import poutine
 
 from pyro_kr._validation import check_dim
-from pyro_kr.amortized.simulate import simulate_pairs
+from pyro_kr.amortized.simulate import plate_depth, simulate_pairs
+from pyro_kr.posterior_protocol import AmortizedPosterior
 
 __all__ = ["CoverageResult", "SBCResult", "coverage", "sbc"]
 
@@ -83,34 +85,45 @@ class CoverageResult:
     num_datasets: int
 
 
-def _coordinate_names(guide) -> list[str]:
+def _coordinate_names(guide, shapes: dict[str, torch.Size]) -> list[str]:
     names = []
     for name, sl in guide.site_slices().items():
         size = sl.stop - sl.start
-        shape = guide._unconstrained_shapes[name]
-        names += [name] if size == 1 and len(shape) == 0 else [f"{name}[{i}]" for i in range(size)]
+        scalar = size == 1 and len(shapes[name]) == 0
+        names += [name] if scalar else [f"{name}[{i}]" for i in range(size)]
     return names
 
 
 def _check_guide(owner: str, guide) -> None:
-    if not all(hasattr(guide, a) for a in ("posterior", "pack", "observed", "_ensure_setup")):
+    if not isinstance(guide, AmortizedPosterior):
         raise TypeError(
-            f"{owner} needs an amortized guide (pyro_kr.AmortizedKR), got {type(guide).__name__}"
+            f"{owner} needs an amortized guide implementing pyro_kr.AmortizedPosterior "
+            "(AmortizedKR, COTFlowMatching built from a model, or FixedObservation(AutoKR)), got "
+            f"{type(guide).__name__}"
         )
 
 
 def _simulate(guide, model, args, kwargs, n: int, seed: int):
-    guide._ensure_setup(*args, **kwargs)
-    kwargs = {k: v for k, v in kwargs.items() if k not in guide.observed}
-    shapes = {n_: guide.prototype_trace.nodes[n_]["value"].shape for n_ in guide.order}
-    sims = simulate_pairs(
-        model, args, kwargs, {**shapes, **guide.layout.shapes}, n, depth=guide.plate_depth,
-        seed=seed,
-    )
-    ref = guide._reference_like()
-    truth = guide.pack({k: sims[k].to(ref) for k in guide.order})
-    data = {k: sims[k].to(ref) for k in guide.observed}
-    return truth, data
+    """``n`` prior-predictive pairs: latent values ``name -> (n, *shape)``, data, site shapes."""
+    observed = list(guide.observed)
+    kwargs = {k: v for k, v in kwargs.items() if k not in observed}
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    sites = {
+        name: site for name, site in trace.nodes.items()
+        if site["type"] == "sample" and type(site["fn"]).__name__ != "_Subsample"
+    }
+    missing = [name for name in observed if name not in sites]
+    if missing:
+        raise ValueError(f"observed sites {missing} are not sample sites of the model")
+    latent = [name for name, s in sites.items() if not s["is_observed"] and name not in observed]
+    shapes = {name: sites[name]["value"].shape for name in latent + observed}
+    sims = simulate_pairs(model, args, kwargs, shapes, n, depth=plate_depth(trace), seed=seed)
+    return {k: sims[k] for k in latent}, {k: sims[k] for k in observed}, shapes
+
+
+def _truth(guide, values: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return guide.pack({k: v.to(like) for k, v in values.items()}).to(like)
 
 
 @torch.no_grad()
@@ -123,12 +136,10 @@ def _draws(guide, data, num_draws: int, seed: int, *, chunk: int, log_q: bool = 
         for start in range(0, n, chunk):
             part = {k: v[start : start + chunk] for k, v in data.items()}
             post = guide.posterior(part)
-            x = post.base_dist.sample((num_draws,))
-            transform = post.transforms[0]
-            z = transform(x)
+            z = post.sample((num_draws,))
             out.append(z)
             if log_q:
-                logs.append(post.base_dist.log_prob(x) - transform.log_abs_det_jacobian(x, z))
+                logs.append(post.log_prob(z))
     draws = torch.cat(out, dim=1)
     return (draws, torch.cat(logs, dim=1)) if log_q else draws
 
@@ -171,7 +182,8 @@ def sbc(
     """Simulation-based calibration of an amortized guide.
 
     Args:
-        guide: a fitted :class:`~pyro_kr.AmortizedKR`.
+        guide: a fitted :class:`~pyro_kr.posterior_protocol.AmortizedPosterior`
+            (:class:`~pyro_kr.AmortizedKR`, :class:`~pyro_kr.COTFlowMatching`).
         model: the Pyro model; ``*args, **kwargs`` are its arguments other than the data.
         num_datasets: simulated ``(u*, y)`` pairs.
         num_draws: posterior draws ``L`` per dataset (ranks lie in ``0 .. L``).
@@ -204,11 +216,13 @@ def sbc(
     if bins is None:
         bins = min(20, max(2, num_datasets // 10))
     bins = min(check_dim("bins", bins, minimum=2), num_draws + 1)
-    truth, data = _simulate(guide, model, args, kwargs, num_datasets, seed)
+    values, data, shapes = _simulate(guide, model, args, kwargs, num_datasets, seed)
     draws = _draws(guide, data, num_draws, seed + 1, chunk=chunk)
+    truth = _truth(guide, values, draws)
     ranks = (draws < truth).sum(0).cpu().numpy().astype(int)
     statistic, p_values = rank_uniformity(ranks, num_draws, bins)
-    return SBCResult(ranks, _coordinate_names(guide), num_draws, statistic, p_values, bins, level)
+    names = _coordinate_names(guide, shapes)
+    return SBCResult(ranks, names, num_draws, statistic, p_values, bins, level)
 
 
 def coverage(
@@ -225,7 +239,8 @@ def coverage(
     """Expected coverage of central (marginal) and highest-density (joint) credible regions.
 
     Args:
-        guide: a fitted :class:`~pyro_kr.AmortizedKR`.
+        guide: a fitted :class:`~pyro_kr.posterior_protocol.AmortizedPosterior`
+            (:class:`~pyro_kr.AmortizedKR`, :class:`~pyro_kr.COTFlowMatching`).
         model: the Pyro model; ``*args, **kwargs`` are its arguments other than the data.
         num_datasets: simulated ``(u*, y)`` pairs.
         num_draws: posterior draws per dataset.
@@ -254,8 +269,9 @@ def coverage(
     levels = np.asarray(levels, dtype=np.float64)
     if levels.ndim != 1 or not bool(((levels > 0) & (levels < 1)).all()):
         raise ValueError(f"levels must be a list of numbers in (0, 1), got {levels.tolist()}")
-    truth, data = _simulate(guide, model, args, kwargs, num_datasets, seed)
+    values, data, shapes = _simulate(guide, model, args, kwargs, num_datasets, seed)
     draws, log_q = _draws(guide, data, num_draws, seed + 1, chunk=chunk, log_q=True)
+    truth = _truth(guide, values, draws)
     fraction = ((draws < truth).sum(0).double() / num_draws).cpu().numpy()
     lo, hi = (1 - levels) / 2, (1 + levels) / 2
     marginal = ((fraction[None] >= lo[:, None, None]) & (fraction[None] <= hi[:, None, None]))
@@ -271,5 +287,5 @@ def coverage(
     above = (log_q > log_q_true).double().mean(0).cpu().numpy()
     joint = (above[None] < levels[:, None]).mean(1)
     return CoverageResult(
-        levels, marginal.mean(1), joint, _coordinate_names(guide), num_datasets
+        levels, marginal.mean(1), joint, _coordinate_names(guide, shapes), num_datasets
     )

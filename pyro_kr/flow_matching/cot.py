@@ -9,6 +9,7 @@ OT plan for ``|y1 - y0|^2 + eps |u1 - u0|^2`` (MATH.md section 4). Integrating t
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from pyro_kr._validation import check_dim
 from pyro_kr.flow_matching.posterior import FlowPosterior
+from pyro_kr.flow_matching.queries import FlowQueries
 from pyro_kr.flow_matching.simulate import ModelSimulator
 from pyro_kr.flow_matching.training import (
     COUPLINGS,
@@ -58,12 +60,17 @@ def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> flo
     return float(value)
 
 
-class COTFlowMatching(nn.Module):
+class COTFlowMatching(FlowQueries, nn.Module):
     """Amortised posterior ``q(u | y)`` learned by conditional-OT flow matching (COT-FM).
 
     Two ways in: a Pyro ``model`` whose prior predictive is simulated (``observed`` names the
     data site; latents are found by tracing and packed unconstrained, as in ``AutoContinuous``),
     or purely sample-based with ``dim_u`` and ``dim_y`` and tensors passed to :meth:`fit`.
+
+    A fitted flow implements :class:`pyro_kr.posterior_protocol.AmortizedPosterior`
+    (``observed``, ``posterior(y)``, ``sample(y, n)``, ``log_prob``, ``pack`` / ``unpack``,
+    ``site_slices()``, ``sampler()``); in sample-based mode the latent site is ``"u"`` and the
+    observed site ``"y"``.
 
     Args:
         model: optional Pyro model.
@@ -93,8 +100,8 @@ class COTFlowMatching(nn.Module):
     def __init__(
         self,
         model: Callable | None = None,
+        *deprecated_args,
         observed: str | None = None,
-        *,
         dim_u: int | None = None,
         dim_y: int | None = None,
         model_args: tuple = (),
@@ -107,6 +114,16 @@ class COTFlowMatching(nn.Module):
         transform_y: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        if deprecated_args:
+            if len(deprecated_args) > 1 or observed is not None:
+                raise TypeError("COTFlowMatching takes the model and observed=<site name> only")
+            warnings.warn(
+                "passing observed positionally is deprecated (removed in the next release); "
+                "write COTFlowMatching(model, observed=...)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            observed = deprecated_args[0]
         self.simulator: ModelSimulator | None = None
         if model is not None:
             if observed is None:
@@ -117,10 +134,13 @@ class COTFlowMatching(nn.Module):
                 model, observed=observed, model_args=model_args, model_kwargs=model_kwargs
             )
             dim_u, dim_y = self.simulator.dim_u, self.simulator.dim_y
+            self.observed = [observed]
         elif dim_u is None or dim_y is None:
             raise ValueError(
                 "COTFlowMatching needs a Pyro model (with observed=...) or both dim_u and dim_y"
             )
+        if model is None:
+            self.observed = ["y"]  # the sample-based "site" names are "y" and "u"
         self.dim_u = check_dim("dim_u", dim_u)
         self.dim_y = check_dim("dim_y", dim_y)
         if velocity is None:
@@ -343,45 +363,63 @@ class COTFlowMatching(nn.Module):
         return history
 
     # ------------------------------------------------------------------ use
-    def posterior(self, y_obs: torch.Tensor, *, ode_steps: int = 50) -> FlowPosterior:
-        """Return ``q(u | y_obs)``, batched over the leading dims of ``y_obs``.
+    def query_y(self, y) -> torch.Tensor:
+        """Check an observation (tensor, or dict ``{observed: tensor}``) and flatten it to
+        ``(..., dim_y)`` after ``transform_y`` (the field's input before standardization)."""
+        if isinstance(y, dict):
+            unknown = sorted(set(y) - set(self.observed))
+            if unknown or len(y) != 1:
+                raise ValueError(
+                    f"expected {{{self.observed[0]!r}: tensor}}, got keys {sorted(y)}"
+                )
+            y = y[self.observed[0]]
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+        y = y.to(self._reference())
+        if self.simulator is not None:
+            y = self.simulator.flatten_y(y)
+        y = self._prepare_y(y)
+        if y.dim() == 0 or y.shape[-1] != self.dim_y:
+            raise ValueError(
+                f"posterior expected y_obs of shape (..., {self.dim_y}), got {tuple(y.shape)}"
+            )
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("posterior received y_obs with NaN or inf entries")
+        return y
+
+    def posterior(self, y=None, *, ode_steps: int = 50, y_obs=None) -> FlowPosterior:
+        """Return ``q(u | y)``, batched over the leading dims of ``y``.
 
         Args:
-            y_obs: observations: ``(..., dim_y)`` in sample-based mode, or ``(..., *y_shape)``
-                (the observed site's shape) in model mode.
+            y: observations: ``(..., dim_y)`` in sample-based mode, or ``(..., *y_shape)``
+                (the observed site's shape) in model mode; or a dict ``{observed: tensor}``.
             ode_steps: RK4 steps for sampling and ``log_prob``.
+            y_obs: deprecated name of ``y`` (removed in the next release).
 
         Returns:
-            A :class:`FlowPosterior` with ``batch_shape = y_obs``'s leading dims and event
+            A :class:`FlowPosterior` with ``batch_shape = y``'s leading dims and event
             shape ``(dim_u,)`` (packed unconstrained latents in model mode; see
             :meth:`unpack`).
         """
+        if y_obs is not None:
+            if y is not None:
+                raise TypeError("posterior got both y and the deprecated y_obs; pass y only")
+            warnings.warn(
+                "posterior(y_obs=...) is deprecated (removed in the next release); pass y",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            y = y_obs
         if not bool(self.fitted):
             raise RuntimeError("COTFlowMatching.posterior called before fit()")
-        if not isinstance(y_obs, torch.Tensor):
-            raise TypeError(f"y_obs must be a torch.Tensor, got {type(y_obs).__name__}")
-        y_obs = y_obs.to(self._reference())
-        if self.simulator is not None:
-            y_obs = self.simulator.flatten_y(y_obs)
-        y_obs = self._prepare_y(y_obs)
-        if y_obs.dim() == 0 or y_obs.shape[-1] != self.dim_y:
-            raise ValueError(
-                f"posterior expected y_obs of shape (..., {self.dim_y}), got {tuple(y_obs.shape)}"
-            )
-        if not bool(torch.isfinite(y_obs).all()):
-            raise ValueError("posterior received y_obs with NaN or inf entries")
+        if y is None:
+            raise TypeError("posterior needs an observation y")
         return FlowPosterior(
             self.velocity,
-            y_obs,
+            self.query_y(y),
             self.y_loc,
             self.y_scale,
             self.u_loc,
             self.u_scale,
             ode_steps=check_dim("ode_steps", ode_steps),
         )
-
-    def unpack(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Map packed latents ``(..., dim_u)`` to constrained site values (model mode only)."""
-        if self.simulator is None:
-            raise RuntimeError("unpack needs a COTFlowMatching built from a Pyro model")
-        return self.simulator.unpack(u)

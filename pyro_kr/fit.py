@@ -220,6 +220,7 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+    check: bool = True,
     **kwargs,
 ) -> History:
     """Train ``guide`` on ``model`` with SVI and return the :class:`History`.
@@ -237,6 +238,10 @@ def fit(
             (parameters, optimizer, schedule and RNG state); it is rewritten atomically every
             ``checkpoint_every`` steps and at the end, so an interrupt loses at most that many.
         callback: ``callback(step, record)`` after each step; returning ``True`` stops early.
+        check: after training, check the guide against its model and prior (500 vectorized
+            draws each; :func:`pyro_kr.diagnostics.stall.check_fit`) and warn
+            (:class:`~pyro_kr.diagnostics.stall.FitWarning`) when the fit stalled at the prior
+            or collapsed, naming the fix. Skipped where the draws cannot be vectorized.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf at a named step; parameters are restored
@@ -358,4 +363,8 @@ def fit(
         save(history.steps)
     if parallel:
         distributed.barrier()  # the final checkpoint exists for every rank on return
+    if check:
+        from pyro_kr.diagnostics.stall import warn_if_unhealthy  # lazy: ArviZ-backed module
+
+        warn_if_unhealthy(model, guide, args, kwargs)
     return history

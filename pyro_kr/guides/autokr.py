@@ -41,7 +41,10 @@ class AutoKR(KRQueries, PackedKRGuide):
         model: a Pyro model with continuous latent sites.
         map: ``"monotone"`` (default) or ``"affine"``.
         order: site names in KR order; listed sites come first (in that order), unlisted ones
-            follow in the model's order. Default: the model's order.
+            follow in the model's order. Default: the model's order. ``"auto"``: chosen from
+            the model before training (parents, e.g. scales, before the sites they
+            parameterize; then non-Gaussian conditionals before Gaussian ones; see
+            :func:`pyro_kr.guides.order.auto_order`).
         init_loc_fn: per-site initialization (Pyro's ``init_to_*`` strategies).
         init_scale: initial scale of the affine part, or ``"laplace"``: start the affine part
             at the Laplace approximation in the packed unconstrained space (``loc`` at the
@@ -73,7 +76,7 @@ class AutoKR(KRQueries, PackedKRGuide):
         model: Callable,
         *,
         map: str = "monotone",
-        order: Sequence[str] | None = None,
+        order: Sequence[str] | str | None = None,
         init_loc_fn: Callable = init_to_median,
         init_scale: float | str = 0.1,
         depth: int = 2,

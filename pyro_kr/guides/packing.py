@@ -43,6 +43,7 @@ class PackedKRGuide(AutoContinuous):
     Args:
         model: a Pyro model with continuous latent sites.
         order: site names in KR order; listed sites come first, the rest follow in model order.
+            ``"auto"``: :func:`pyro_kr.guides.order.auto_order` chooses it from the model.
         init_loc_fn: per-site initialization (Pyro's ``init_to_*`` strategies).
     """
 
@@ -50,10 +51,13 @@ class PackedKRGuide(AutoContinuous):
         self,
         model: Callable,
         *,
-        order: Sequence[str] | None = None,
+        order: Sequence[str] | str | None = None,
         init_loc_fn: Callable = init_to_median,
     ) -> None:
-        self._order = list(order) if order is not None else None
+        if isinstance(order, str) and order != "auto":
+            raise ValueError(f"order must be a list of site names or 'auto', got {order!r}")
+        self._order_auto = order == "auto"
+        self._order = list(order) if order is not None and not self._order_auto else None
         super().__init__(model, init_loc_fn=init_loc_fn)
 
     def _check_continuous(self, *args, **kwargs) -> None:
@@ -73,6 +77,10 @@ class PackedKRGuide(AutoContinuous):
         """Check continuity, run ``AutoContinuous._setup_prototype`` and apply the order."""
         self._check_continuous(*args, **kwargs)
         AutoContinuous._setup_prototype(self, *args, **kwargs)
+        if self._order_auto:
+            from pyro_kr.guides.order import auto_order  # order.py imports this module
+
+            self._order = auto_order(self.model, args, kwargs)
         self._apply_order()
 
     def _apply_order(self) -> None:

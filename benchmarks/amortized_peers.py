@@ -308,6 +308,31 @@ def plot(result: dict, out_dir: Path) -> Path | None:
     return path
 
 
+def merge(paths: list[str], out: str, plot_dir: str) -> dict:
+    """Combine the JSON files of several runs (e.g. one per budget, run in parallel)."""
+    payloads = [json.loads(Path(p).read_text()) for p in paths]
+    first = payloads[0]
+    for path, payload in zip(paths, payloads, strict=True):
+        if (payload["n_test"], payload["test_sets"]) != (first["n_test"], first["test_sets"]):
+            raise ValueError(f"{path} used other reference subsets (n_test, test_sets)")
+    result = {
+        "runs": [{"file": Path(p).name, "command": d["command"], "settings": d["settings"]}
+                 for p, d in zip(paths, payloads, strict=True)],
+        "rows": [dict(r, run=Path(p).name) for p, d in zip(paths, payloads, strict=True)
+                 for r in d["rows"]],
+        "floor_w2": first["floor_w2"], "n_test": first["n_test"],
+        "test_sets": first["test_sets"],
+        "skipped": {k: v for d in payloads for k, v in d["skipped"].items()},
+        "sbi_version": next((d["sbi_version"] for d in payloads if d["sbi_version"]), None),
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1, default=float))
+    plot(result, Path(plot_dir))
+    print_table(result)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=int, nargs="+",
@@ -343,7 +368,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--plot-dir", default=str(PLOTS))
     parser.add_argument("--smoke", action="store_true", help="tiny settings, seconds")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="only combine the result files of earlier runs into --out")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, args.plot_dir)
     if args.smoke:
         args.budgets, args.seeds = [200], [0]
         args.min_steps = args.max_steps = args.reverse_steps = args.hybrid_reverse_steps = 3

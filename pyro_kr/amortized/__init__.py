@@ -1,8 +1,10 @@
 """Amortized posteriors: one conditional KR map ``q(u | y)`` for every observation ``y``.
 
 - :class:`AmortizedKR`: the guide (block-triangular map ``T(y, x) = (y, T_U(y, x))``);
-- :func:`fit_amortized`: training by reverse KL (amortized ELBO, needs the likelihood) or
-  forward KL (maximum likelihood on simulations, needs only the simulator);
+- :func:`fit_amortized`: training by reverse KL (amortized ELBO or the per-dataset
+  importance-weighted bound, needs the likelihood), forward KL (maximum likelihood on
+  simulations, needs only the simulator) or both in turn (``mode="hybrid"``);
+- :class:`ImportanceWeightedELBO`: the per-dataset importance-weighted bound;
 - :class:`StandardizedMLP`: the default embedding of the observations;
 - :class:`PosteriorSampler`: a detached float32 snapshot for fast serving of draws.
 """
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 from pyro_kr.amortized.embedding import StandardizedMLP
 from pyro_kr.amortized.guide import AmortizedKR
+from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO
 from pyro_kr.amortized.sampler import PosteriorSampler
 from pyro_kr.amortized.training import AmortizedHistory, fit_amortized
 
 __all__ = [
     "AmortizedHistory",
     "AmortizedKR",
+    "ImportanceWeightedELBO",
     "PosteriorSampler",
     "StandardizedMLP",
     "fit_amortized",

@@ -39,7 +39,20 @@ class ImportanceWeightedELBO(TransportELBO):
         **kwargs: passed to :class:`~pyro_kr.TransportELBO` (``max_plate_nesting``).
 
     After each call :attr:`last` holds ``loss``, ``elbo`` (the bound, summed over the batch),
-    ``cost``, ``eps`` and ``lam``.
+    ``cost``, ``eps`` and ``lam``. ``fit_amortized(..., objective="iwae")`` builds it.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro_kr import AmortizedKR, fit_amortized
+        >>> def model(y=None):
+        ...     z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...     return pyro.sample("y", dist.Normal(z, 0.5).to_event(1), obs=y)
+        >>> pyro.clear_param_store()
+        >>> guide = AmortizedKR(model, observed="y", map="affine")
+        >>> h = fit_amortized(model, guide, mode="reverse", objective="iwae", num_particles=4,
+        ...                   batch_size=8, steps=3, progress=False)
+        >>> h.model_evaluations  # 3 steps x 8 datasets x 4 particles
+        96
     """
 
     def __init__(self, schedule=None, *, num_particles: int, batch_dim: int, **kwargs) -> None:

@@ -14,7 +14,7 @@ import pyro_kr.problems as problems
 pm = pytest.importorskip("pymc")
 
 NAMES = ["linear_gaussian", "banana", "funnel", "eight_schools", "lotka_volterra"]
-NAMES += ["elliptic_1d", "darcy_2d"]
+NAMES += ["elliptic_1d", "darcy_2d", "symmetric_modes"]
 
 
 def _points(p, n: int = 20) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ _REGISTRY: dict[str, str] = {
     "lotka_volterra": "lotka_volterra:LotkaVolterra",
     "elliptic_1d": "elliptic_1d:Elliptic1D",
     "darcy_2d": "darcy_2d:Darcy2D",
+    "symmetric_modes": "symmetric_modes:SymmetricModes",
     "checkerboard": "joint2d_tasks:Checkerboard",
     "moons": "joint2d_tasks:Moons",
     "circles": "joint2d_tasks:Circles",

@@ -1,0 +1,118 @@
+"""Mass per mode on ``symmetric_modes`` (four equal modes): default AutoKR vs AutoMVN (issue 18).
+
+Every guide: ``--steps`` Adam(lr=1e-2) steps of ``--particles`` vectorized particles through
+``pyro_kr.fit``, float64, seeds 0..``--seeds``-1. AutoKR: ``AutoKR(model)`` defaults with the
+annealed ``TransportELBO`` (``Annealing(steps=0.7 * steps)``). AutoMVN:
+``AutoMultivariateNormal`` with ``Trace_ELBO``. Scored against the exact reference: share of
+draws per sign quadrant (reference 0.25 each), the largest share error, W2 on standardized
+coordinates (with its noise floor), PSIS k-hat, and ``check_fit``'s status. Writes
+``benchmarks/results/symmetric_modes.json`` and prints a table.
+
+    nice -n 10 python benchmarks/symmetric_modes.py --steps 2000 --seeds 3
+    python benchmarks/symmetric_modes.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoMultivariateNormal
+
+torch.set_num_threads(1)
+
+import pyro_kr  # noqa: E402
+from pyro_kr import diagnostics, metrics, problems  # noqa: E402
+from pyro_kr.bench import methods  # noqa: E402
+from pyro_kr.diagnostics.stall import check_fit  # noqa: E402
+from pyro_kr.problems.symmetric_modes import mode_shares  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def one_run(problem, y, ref, guide_name, *, steps, particles, seed, num_draws):
+    with methods.float64():
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        if guide_name == "autokr":
+            guide = pyro_kr.AutoKR(problem.model)
+            loss = pyro_kr.TransportELBO(
+                pyro_kr.Annealing(steps=max(int(0.7 * steps), 1)),
+                num_particles=particles, vectorize_particles=particles > 1,
+            )
+        else:
+            guide = AutoMultivariateNormal(problem.model)
+            loss = Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, lr=1e-2,
+                        progress=False, check=False)
+        draws = methods.sample_guide(guide, problem.param_names, num_draws,
+                                     problem.param_shapes, y=y)
+        scores = metrics.compare(draws, ref, metrics=("w2_standardized",),
+                                 n=min(2000, num_draws), seed=seed)
+        khat = float(diagnostics.psis(guide, problem.model, y=y, num_samples=4000).khat)
+        status = check_fit(guide, problem.model, y=y).status
+    shares = mode_shares(draws["theta1"], draws["theta2"])
+    return {
+        "seed": seed,
+        "shares": shares,
+        "max_share_error": max(abs(s - 0.25) for s in shares.values()),
+        "w2_standardized": float(scores["w2_standardized"]),
+        "w2_standardized_noise_floor": float(scores["w2_standardized_noise_floor"]),
+        "khat": khat,
+        "check_fit": status,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--particles", type=int, default=methods.PARTICLES)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny budget, nothing written")
+    args = parser.parse_args(argv)
+    num_draws = 4000
+    if args.smoke:
+        args.steps, args.seeds, num_draws = 20, 1, 500
+    problem = problems.get("symmetric_modes")
+    y = problem.observation(0)
+    ref = problem.reference(0, num_samples=20_000)
+    results = {
+        "budget": {"steps": args.steps, "particles": args.particles, "seeds": args.seeds,
+                   "lr": 1e-2},
+        "reference_shares": mode_shares(ref["theta1"], ref["theta2"]),
+        "methods": {},
+    }
+    for name in ("autokr", "auto_mvn"):
+        runs = []
+        for seed in range(args.seeds):
+            runs.append(one_run(problem, y, ref, name, steps=args.steps,
+                                particles=args.particles, seed=seed, num_draws=num_draws))
+            print(f"{name} seed {seed}: {runs[-1]}", file=sys.stderr, flush=True)
+        results["methods"][name] = runs
+        if not args.smoke:
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / "symmetric_modes.json").write_text(json.dumps(results, indent=1))
+    b = results["budget"]
+    print(f"symmetric_modes: {b['steps']} steps x {b['particles']} particles; reference share "
+          "0.25 per mode")
+    print(f"{'guide':9} {'seed':>4} {'++':>5} {'+-':>5} {'-+':>5} {'--':>5} {'max err':>7} "
+          f"{'W2':>6} {'floor':>6} {'k-hat':>6}  check_fit")
+    for name, runs in results["methods"].items():
+        for r in runs:
+            s = r["shares"]
+            print(f"{name:9} {r['seed']:>4} {s['++']:5.2f} {s['+-']:5.2f} {s['-+']:5.2f} "
+                  f"{s['--']:5.2f} {r['max_share_error']:7.2f} {r['w2_standardized']:6.3f} "
+                  f"{r['w2_standardized_noise_floor']:6.3f} {r['khat']:6.2f}  {r['check_fit']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,8 @@
 - :func:`to_inference_data`: draws of any Pyro guide as an ArviZ ``InferenceData`` (posterior,
   importance log weights, pointwise log likelihood, observed data, posterior predictive).
 - :func:`psis`: Pareto-smoothed importance sampling (k-hat, ESS, reweighted draws).
+- :func:`check_fit`: did a fitted guide stall at the prior or collapse (``pyro_kr.fit`` runs it
+  after training and warns with a :class:`FitWarning`)?
 - :mod:`pyro_kr.diagnostics.plots`: pair plots, marginals, loss traces, metric bar charts.
 - :func:`sbc` and :func:`coverage`: calibration of amortized guides (simulation-based
   calibration ranks with a uniformity test; expected coverage of credible regions), plotted by
@@ -32,14 +34,18 @@ from pyro_kr.diagnostics.calibration import CoverageResult, SBCResult, coverage,
 from pyro_kr.diagnostics.calibration_plots import coverage_plot, sbc_plot
 from pyro_kr.diagnostics.inference_data import to_inference_data
 from pyro_kr.diagnostics.psis import KHAT_GOOD, KHAT_OK, PSISResult, psis
+from pyro_kr.diagnostics.stall import FitCheck, FitWarning, check_fit
 
 __all__ = [
     "KHAT_GOOD",
     "KHAT_OK",
     "CoverageResult",
+    "FitCheck",
+    "FitWarning",
     "GuideDraws",
     "PSISResult",
     "SBCResult",
+    "check_fit",
     "coverage",
     "coverage_plot",
     "draw_guide",

@@ -1,0 +1,62 @@
+"""Default-budget AutoKR on a Gaussian posterior split over several vector sites (issue 18).
+
+Target: posterior mean within 0.05 posterior sd and correlations within 0.05 at the documented
+default budget (3000 steps, 8 particles, ``Annealing(steps=2000)``, lr 1e-2). Measured on this
+model (seed 0, 40,000 draws): monotone 0.21 sd / 0.11, affine 0.10 sd / 0.10 (and affine with
+Adam's lr decayed by 0.999 per step, ``ClippedAdam(lrd=0.999)``: 0.054 / 0.037). The target is
+not met yet, so the tests are strict xfails: they start failing (XPASS) once it is.
+"""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_kr
+
+SIZES = {"a": 2, "b": 3, "c": 1}
+SIGMA = 0.5
+
+
+def _problem():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    y = A @ torch.randn(6, generator=g, dtype=torch.float64)
+    y = y + SIGMA * torch.randn(8, generator=g, dtype=torch.float64)
+    precision = torch.eye(6, dtype=torch.float64) + A.T @ A / SIGMA**2
+    cov = torch.linalg.inv(precision)
+    return A, y, cov @ A.T @ y / SIGMA**2, cov
+
+
+A, Y, MEAN, COV = _problem()
+
+
+def model(y):
+    z = [
+        pyro.sample(n, dist.Normal(torch.zeros(k, dtype=torch.float64), 1.0).to_event(1))
+        for n, k in SIZES.items()
+    ]
+    loc = (torch.cat(z, -1).unsqueeze(-2) * A).sum(-1)
+    pyro.sample("y", dist.Normal(loc, SIGMA).to_event(1), obs=y)
+
+
+def _errors(map_kind):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = pyro_kr.AutoKR(model, map=map_kind, order="auto")
+    loss = pyro_kr.TransportELBO(pyro_kr.Annealing(steps=2000), num_particles=8)
+    pyro_kr.fit(model, guide, Y, loss=loss, steps=3000, lr=1e-2, progress=False)
+    draws = guide.sample_posterior(40_000, Y)
+    x = torch.cat([draws[n] for n in SIZES], -1)
+    sd = COV.diag().sqrt()
+    mean_err = ((x.mean(0) - MEAN) / sd).abs().max()
+    corr_err = (torch.corrcoef(x.T) - COV / sd[:, None] / sd[None]).abs().max()
+    return float(mean_err), float(corr_err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("map_kind", ["affine", "monotone"])
+@pytest.mark.xfail(strict=True, reason="issue 18: default budget not exact yet (see docstring)")
+def test_default_budget_gaussian_closed_form(map_kind):
+    mean_err, corr_err = _errors(map_kind)
+    assert mean_err < 0.05 and corr_err < 0.05, (mean_err, corr_err)

@@ -196,7 +196,7 @@ def test_model_error_is_not_hidden_behind_the_batch_warning():
 
 def test_psis_on_a_non_batch_safe_model_loops_with_a_warning():
     guide, _, _, X, y = _fitted_linreg(linreg_broadcasting, steps=50)
-    with pytest.warns(RuntimeWarning, match="not batch-safe.*'obs'"):
+    with pytest.warns(RuntimeWarning, match="not batch-safe.*'obs'.*falling back to a loop"):
         draws = draw_guide(guide, linreg_broadcasting, (X, y), num_samples=200)
     assert not draws.vectorized and draws.log_weight.shape == (200,)
     with pytest.raises(ValueError, match="vectorize=True, but the model is not batch-safe"):

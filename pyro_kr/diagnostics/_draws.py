@@ -258,8 +258,8 @@ def draw_guide(
                         "vectorize=None (loop with a warning) or vectorize=False"
                     )
                 warnings.warn(
-                    f"the model is not batch-safe, so the {num_samples} draws are scored one "
-                    f"after another (slower): {reason}. For vectorized speed, "
+                    f"the model is not batch-safe ({reason}); falling back to a loop over "
+                    f"{num_samples} draws (slower). For vectorized speed, "
                     f"{BATCH_SAFE_HINT}; pass vectorize=False to silence this warning",
                     RuntimeWarning,
                     stacklevel=3,

@@ -13,6 +13,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from pyro_kr.guides.laplace import laplace_init
 from pyro_kr.guides.packing import PackedKRGuide
 from pyro_kr.guides.queries import KRQueries
+from pyro_kr.guides.sparse import build_sparse_map, choose_plan, subsampled_forward
 from pyro_kr.transforms import MonotoneTriangular, TriangularAffine
 
 __all__ = ["AutoKR"]
@@ -55,6 +56,12 @@ class AutoKR(KRQueries, PackedKRGuide):
             (not a centered funnel) and a model without data subsampling, and raises
             :class:`~pyro_kr.guides.laplace.LaplaceError` otherwise.
         depth: number of monotone layers for ``map="monotone"``.
+        structure: ``"dense"`` (default): one triangular map over all latents.
+            ``"plates"``: the sparse map of a hierarchical model read off its plates (globals
+            dense, one shared conditional map for the groups of a ``pyro.plate``, plate
+            subsampling supported; see :mod:`pyro_kr.guides.sparse` and
+            docs/hierarchical.md); a model whose plates cannot be used gets the dense map and
+            a logged warning saying why.
         **map_options: passed to :class:`~pyro_kr.MonotoneTriangular` (``hidden_dims``,
             ``num_bumps``, ``min_slope``, ...).
 
@@ -80,8 +87,13 @@ class AutoKR(KRQueries, PackedKRGuide):
         init_loc_fn: Callable = init_to_median,
         init_scale: float | str = 0.1,
         depth: int = 2,
+        structure: str = "dense",
         **map_options,
     ) -> None:
+        if structure not in ("dense", "plates"):
+            raise ValueError(f"structure must be 'dense' or 'plates', got {structure!r}")
+        self._structure = structure
+        self._plate_plan = None
         if map not in _MAPS:
             raise ValueError(f"map must be one of {_MAPS}, got {map!r}")
         if isinstance(init_scale, str):
@@ -104,6 +116,11 @@ class AutoKR(KRQueries, PackedKRGuide):
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         self._setup_packing(*args, **kwargs)
+        if self._structure == "plates":
+            self._plate_plan = choose_plan(self)
+            if self._plate_plan is not None:
+                self.transform = build_sparse_map(self, self._plate_plan)
+                return
         loc = self._init_loc()
         if self._init_scale == "laplace":
             loc, scale_tril = laplace_init(self, loc.detach(), *args, **kwargs)
@@ -124,6 +141,13 @@ class AutoKR(KRQueries, PackedKRGuide):
                 for _ in range(self._depth)
             ]
         return ComposeTransformModule([*parts, affine], cache_size=1)
+
+    def forward(self, *args, **kwargs):
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        if self._plate_plan is not None and self._plate_plan.subsampled:
+            return subsampled_forward(self, *args, **kwargs)
+        return super().forward(*args, **kwargs)
 
     def _map(self) -> ComposeTransformModule:
         # Read the submodule without PyroModule.__getattr__, which inside forward() issues a

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from pyro_kr._validation import check_dim, check_dtype, check_event
 from pyro_kr.transforms._cache import ParameterAwareCache
+from pyro_kr.transforms.tril_ops import TrilCache, tril_matmul, tril_solve
 
 __all__ = ["ConditionalTriangularAffine", "TriangularAffine"]
 
@@ -146,16 +147,28 @@ class TriangularAffine(ParameterAwareCache, TransformModule):
         check_event(type(self).__name__, x, self.dim, what=what)
         check_dtype(type(self).__name__, x, self.loc, what=what)
 
+    def _diag_and_tril(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # No d x d temporary per call (see pyro_kr.transforms.tril_ops): the detached factor
+        # is cached per parameter state, the gradients come from tril_matmul / tril_solve.
+        diag = F.softplus(self.unconstrained_diag) + _MIN_DIAG
+        if not hasattr(self, "_tril_cache"):
+            self._tril_cache = TrilCache()
+        return diag, self._tril_cache.get(self.off_diag, self.unconstrained_diag, diag)
+
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, "input")
-        return affine_forward(x, self.loc, self.scale_tril)
+        diag, tril = self._diag_and_tril()
+        return self.loc + tril_matmul(x, self.off_diag, diag, tril)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y, "value to invert")
-        return affine_inverse(y, self.loc, self.scale_tril)
+        diag, tril = self._diag_and_tril()
+        return tril_solve(y - self.loc, self.off_diag, diag, tril)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return affine_log_det(self.scale_tril, x.shape[:-1])
+        diag = F.softplus(self.unconstrained_diag) + _MIN_DIAG
+        log_det = diag.log().sum()
+        return log_det.expand(x.shape[:-1])
 
 
 class _TriangularAffineMap(ParameterAwareCache, Transform):

@@ -1,0 +1,389 @@
+"""The sparse Knothe-Rosenblatt map of a hierarchical model (``AutoKR(structure="auto")``).
+
+With global latents ``z_g`` (outside every plate) and local latents ``z_1, ..., z_N`` (one
+block of ``d_l`` unconstrained coordinates per group of a ``pyro.plate``), conditionally
+independent given ``z_g``, the KR map from ``x = (x_g, x_1, ..., x_N) ~ N(0, I)`` in the order
+(globals, groups) has the form
+
+    z_g = T_g(x_g),        z_i = b_i + A_i x_g + L_i S(x_i; x_g),   i = 1..N,
+
+with ``T_g`` a dense monotone triangular map of the globals (as in the dense ``AutoKR``),
+``S(.; x_g)`` ONE conditional monotone triangular map shared by every group (a
+:class:`~pyro_kr.ConditionalMonotoneTriangular` stack, or a
+:class:`~pyro_kr.ConditionalTriangularAffine` for ``map="affine"``) whose context is the
+globals' reference coordinates ``x_g = T_g^-1(z_g)`` (the globals' values in a well-scaled
+coordinate system), and a per-group affine head ``(b_i, A_i, L_i)``, ``L_i`` lower-triangular.
+For a Gaussian posterior the head alone is the exact (sparse) Cholesky factor, so the affine
+map is exact there. The Jacobian is block lower-triangular with the zero pattern
+``dz_i/dx_j = 0`` for ``j != i`` and ``dz_g/dx_i = 0``, so
+
+    log |det DT(x)| = log |det DT_g(x_g)| + sum_i [log |det DS(x_i; x_g)| + sum log diag L_i]
+
+is exact, the inverse is ``x_g = T_g^-1(z_g)`` then one conditional inverse per group, and the
+globals lead the order (exact :meth:`~pyro_kr.AutoKR.marginal`,
+:meth:`~pyro_kr.AutoKR.conditional` given the globals). Cost per draw: ``O(N d_l (d_g + d_l))``
+plus the shared network, instead of ``O((d_g + N d_l)^2)``.
+
+:class:`SparseKRMap` acts on the packed vector of :class:`~pyro.infer.autoguide.AutoContinuous`
+(globals first, then each local site's ``(N, size)`` block); its KR order is that packed order,
+in which the map is lower-triangular too (within a group the sites keep their order, across
+groups nothing depends on anything). Under plate subsampling :func:`subsampled_forward`
+evaluates only the subsampled groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
+from pyro.distributions.transforms import biject_to
+from pyro.distributions.util import sum_rightmost
+from pyro.ops.tensor_utils import periodic_repeat
+from torch import nn
+from torch.distributions import Transform
+from torch.nn import functional as F
+
+from pyro_kr.guides.structure import PlatePlan, plate_plan
+from pyro_kr.transforms import (
+    ConditionalMonotoneTriangular,
+    ConditionalTriangularAffine,
+    MonotoneTriangular,
+    TriangularAffine,
+)
+from pyro_kr.transforms._cache import ParameterAwareCache
+
+__all__ = [
+    "LocalMap",
+    "LocalTransform",
+    "SparseKRMap",
+    "build_sparse_map",
+    "choose_plan",
+    "subsampled_forward",
+]
+
+logger = logging.getLogger(__name__)
+
+_MIN_DIAG = 1e-6
+
+
+def _softplus_inverse(value: float) -> float:
+    return value + math.log(-math.expm1(-value))
+
+
+class LocalMap(nn.Module):
+    """``z_i = b_i + A_i x_g + L_i S(x_i; x_g)``: per-group heads and one shared ``S``.
+
+    Args:
+        num_groups: ``N``.
+        global_dim: ``d_g`` (the context of ``S``).
+        local_dim: ``d_l``.
+        loc: initial ``b``, shape ``(N, d_l)``.
+        init_scale: initial diagonal of every ``L_i``.
+        map_kind: ``"affine"`` (``S`` conditional affine) or ``"monotone"``.
+        depth: conditional monotone layers for ``"monotone"``.
+        **map_options: passed to :class:`~pyro_kr.ConditionalMonotoneTriangular`.
+    """
+
+    def __init__(
+        self, num_groups: int, global_dim: int, local_dim: int, *, loc: torch.Tensor,
+        init_scale: float, map_kind: str, depth: int, **map_options,
+    ) -> None:
+        super().__init__()
+        n, dl, dg = num_groups, local_dim, global_dim
+        self.loc = nn.Parameter(loc.detach().clone().reshape(n, dl))
+        self.coupling = nn.Parameter(torch.zeros(n, dl, dg).to(loc))
+        self.unconstrained_diag = nn.Parameter(
+            torch.full((n, dl), _softplus_inverse(init_scale)).to(loc)
+        )
+        self.off_diag = nn.Parameter(torch.zeros(n, dl, dl).to(loc))
+        self.register_buffer("_strict_lower", torch.ones(dl, dl).tril(-1).to(loc), False)
+        if map_kind == "affine":
+            layers = [ConditionalTriangularAffine(dl, dg)]
+        else:
+            layers = [ConditionalMonotoneTriangular(dl, dg, **map_options) for _ in range(depth)]
+        self.shared = nn.ModuleList(layers).to(loc)
+
+    def heads(self, index: torch.Tensor | None):
+        """``(b, A, diag(L), L)`` of the groups ``index`` (all groups for ``None``)."""
+        params = (self.loc, self.coupling, self.unconstrained_diag, self.off_diag)
+        if index is not None:
+            params = tuple(p.index_select(0, index) for p in params)
+        loc, coupling, raw, off = params
+        diag = F.softplus(raw) + _MIN_DIAG
+        tril = off * self._strict_lower + torch.diag_embed(diag)
+        return loc, coupling, diag, tril
+
+
+class LocalTransform(ParameterAwareCache, Transform):
+    """The local map of a batch of groups, for one value of the globals' reference coordinates.
+
+    Acts on ``u (..., n, d_l)`` (one row per group); ``context`` ``(..., d_g)`` broadcasts
+    against ``u``'s batch ``(..., n)``; ``index`` picks the groups' heads (``None``: all ``N``).
+    ``log_abs_det_jacobian`` returns one value per group, ``(..., n)``.
+    """
+
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+    sign = +1
+
+    def __init__(self, local: LocalMap, context: torch.Tensor, index: torch.Tensor | None):
+        super().__init__(cache_size=1)
+        self.local, self.context, self.index = local, context, index
+        self._cached_log_det = None
+
+    def _watched_tensors(self):
+        return tuple(self.local.parameters())
+
+    def _condition(self, layer: nn.Module, u: torch.Tensor) -> Transform:
+        # The context is the same for every group: an affine layer's (loc, L) are computed
+        # once per draw and broadcast over the groups; a monotone layer's network also reads
+        # the group's own coordinates, so it runs per (draw, group).
+        if isinstance(layer, ConditionalTriangularAffine):
+            return layer.condition(self.context)
+        batch = torch.broadcast_shapes(u.shape[:-1], self.context.shape[:-1])
+        return layer.condition(self.context.expand(batch + self.context.shape[-1:]))
+
+    def _shift(self, loc, coupling) -> torch.Tensor:
+        return loc + (coupling @ self.context.unsqueeze(-1)).squeeze(-1)
+
+    def _call(self, u: torch.Tensor) -> torch.Tensor:
+        x = u
+        log_det = 0.0
+        for layer in self.local.shared:
+            t = self._condition(layer, u)
+            v = t(u)
+            log_det = log_det + t.log_abs_det_jacobian(u, v)
+            u = v
+        loc, coupling, diag, tril = self.local.heads(self.index)
+        z = self._shift(loc, coupling) + (tril @ u.unsqueeze(-1)).squeeze(-1)
+        self._cached_log_det = (x, log_det + diag.log().sum(-1))
+        return z
+
+    def _inverse(self, z: torch.Tensor) -> torch.Tensor:
+        loc, coupling, _, tril = self.local.heads(self.index)
+        r = z - self._shift(loc, coupling)
+        batch = torch.broadcast_shapes(r.shape[:-1], tril.shape[:-2])
+        u = torch.linalg.solve_triangular(
+            tril.expand(batch + tril.shape[-2:]), r.expand(batch + r.shape[-1:]).unsqueeze(-1),
+            upper=False,
+        ).squeeze(-1)
+        for layer in reversed(self.local.shared):
+            u = self._condition(layer, u).inv(u)
+        return u
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._refresh_cache()
+        cached = self._cached_log_det
+        if cached is None or cached[0] is not x:
+            self._call(x)
+            cached = self._cached_log_det
+        return cached[1]
+
+
+class SparseKRMap(ParameterAwareCache, TransformModule):
+    """The sparse KR map on the packed vector ``(z_g, site_1 (N, s_1), site_2 (N, s_2), ...)``.
+
+    Args:
+        plan: the :class:`~pyro_kr.guides.structure.PlatePlan`.
+        global_map: the dense map of the ``d_g`` global coordinates.
+        local: the :class:`LocalMap` of the groups.
+
+    Indexing (``map[-1]``) returns the layers of the globals' map (its outermost affine
+    layer holds the reference dtype and device, as in the dense ``AutoKR``).
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    sign = +1
+
+    def __init__(self, plan: PlatePlan, global_map: ComposeTransformModule, local: LocalMap):
+        super().__init__(cache_size=1)
+        self.plan = plan
+        self.global_map = global_map
+        self.local = local
+        self.global_dim = global_map[-1].loc.numel()
+        self._cached_log_det = None
+
+    def __getitem__(self, index):
+        return self.global_map[index]
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, sizes = self.plan.full_size, self.plan.local_sizes
+        x_g, rest = x[..., : self.global_dim], x[..., self.global_dim :]
+        blocks = rest.split([n * s for s in sizes], dim=-1)
+        batch = x.shape[:-1]
+        parts = [b.reshape(batch + (n, s)) for b, s in zip(blocks, sizes, strict=True)]
+        return x_g, torch.cat(parts, dim=-1)
+
+    def _merge(self, z_g: torch.Tensor, z_loc: torch.Tensor) -> torch.Tensor:
+        batch = z_loc.shape[:-2]
+        blocks = z_loc.split(list(self.plan.local_sizes), dim=-1)
+        return torch.cat([z_g] + [b.reshape(batch + (-1,)) for b in blocks], dim=-1)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        x_g, x_loc = self._split(x)
+        z_g = self.global_map(x_g)
+        local = LocalTransform(self.local, x_g.unsqueeze(-2), None)
+        z_loc = local(x_loc)
+        log_det = self.global_map.log_abs_det_jacobian(x_g, z_g)
+        log_det = log_det + local.log_abs_det_jacobian(x_loc, z_loc).sum(-1)
+        self._cached_log_det = (x, log_det)
+        return self._merge(z_g, z_loc)
+
+    def _inverse(self, z: torch.Tensor) -> torch.Tensor:
+        z_g, z_loc = self._split(z)
+        x_g = self.global_map.inv(z_g)
+        x_loc = LocalTransform(self.local, x_g.unsqueeze(-2), None).inv(z_loc)
+        return self._merge(x_g, x_loc)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._refresh_cache()
+        cached = self._cached_log_det
+        if cached is None or cached[0] is not x:
+            self._call(x)
+            cached = self._cached_log_det
+        return cached[1]
+
+
+def choose_plan(guide) -> PlatePlan | None:
+    """Analyse the set-up guide's prototype trace; reorder it globals-first; log a fallback.
+
+    Returns the plan, or ``None`` (dense map) after logging why the structure is not used.
+    """
+    latent = list(guide.order)
+    plan = plate_plan(guide.prototype_trace, guide._unconstrained_shapes, latent)
+    if isinstance(plan, str) and guide._order is None and "before a global" in plan:
+        nodes = guide.prototype_trace.nodes
+        glob = [n for n in latent if not any(f.vectorized for f in nodes[n]["cond_indep_stack"])]
+        guide._order = glob + [n for n in latent if n not in glob]
+        guide._apply_order()
+        plan = plate_plan(guide.prototype_trace, guide._unconstrained_shapes, list(guide.order))
+    if isinstance(plan, PlatePlan) and plan.subsampled and plan.dim != -1:
+        plan = (
+            f"the subsampled plate {plan.plate!r} has dim {plan.dim}; subsampling with the "
+            "sparse map needs the local plate at dim -1"
+        )
+    if isinstance(plan, PlatePlan) and guide._init_scale == "laplace":
+        plan = "init_scale='laplace' builds a dense d x d factor"
+    if isinstance(plan, str):
+        level = logging.INFO if plan.startswith("no latent site sits") else logging.WARNING
+        logger.log(
+            level,
+            "%s: using the dense triangular map (structure='dense'): %s",
+            type(guide).__name__, plan,
+        )
+        return None
+    return plan
+
+
+def build_sparse_map(guide, plan: PlatePlan) -> SparseKRMap:
+    """Build the :class:`SparseKRMap` of a set-up ``AutoKR`` and fix its full-size packing."""
+    nodes = guide.prototype_trace.nodes
+    n = plan.full_size
+    glob, loc_parts = [], []
+    for name in plan.globals:
+        value = nodes[name]["value"].detach()
+        glob.append(biject_to(nodes[name]["fn"].support).inv(value).reshape(-1))
+    for name in plan.locals:
+        value = biject_to(nodes[name]["fn"].support).inv(nodes[name]["value"].detach())
+        if value.shape[0] != n:
+            value = periodic_repeat(value, n, 0).contiguous()
+        guide._unconstrained_shapes[name] = value.shape
+        loc_parts.append(value.reshape(n, -1))
+    guide.latent_dim = sum(math.prod(s) for s in guide._unconstrained_shapes.values())
+    loc_g = torch.cat(glob)
+    dg = loc_g.numel()
+    affine = TriangularAffine(dg).to(loc_g)
+    affine.set_loc(loc_g)
+    affine.set_scale_tril(torch.eye(dg).to(loc_g) * guide._init_scale)
+    layers: list[nn.Module] = []
+    if guide._map_kind == "monotone":
+        layers = [
+            MonotoneTriangular(dg, **guide._map_options).to(loc_g) for _ in range(guide._depth)
+        ]
+    global_map = ComposeTransformModule([*layers, affine], cache_size=1)
+    local = LocalMap(
+        n, dg, plan.local_dim, loc=torch.cat(loc_parts, dim=-1), init_scale=guide._init_scale,
+        map_kind=guide._map_kind, depth=guide._depth, **guide._map_options,
+    )
+    return SparseKRMap(plan, global_map, local)
+
+
+def _delta(site: dict, unconstrained: torch.Tensor) -> dist.Delta:
+    transform = biject_to(site["fn"].support)
+    value = transform(unconstrained)
+    if pyro.poutine.get_mask() is False:
+        log_density = 0.0
+    else:
+        log_density = transform.inv.log_abs_det_jacobian(value, unconstrained)
+        log_density = sum_rightmost(
+            log_density, log_density.dim() - value.dim() + site["fn"].event_dim
+        )
+    return dist.Delta(value, log_density=log_density, event_dim=site["fn"].event_dim)
+
+
+def subsampled_forward(guide, *args, **kwargs) -> dict[str, torch.Tensor]:
+    """The guide under plate subsampling: the globals, then the subsampled groups only.
+
+    Samples ``z_g = T_g(x_g)`` (auxiliary site ``_{name}_latent``) and, inside the model's
+    plate (same subsample as the model, scaled by Pyro as ``N / B``), the subsampled groups'
+    local block (auxiliary site ``_{name}_local``, ``(B, d_l)``), then one ``Delta`` per site.
+    The local auxiliary site records the KR position of each coordinate
+    (``infer["kr_index"]``) so that :class:`~pyro_kr.TransportELBO` weights its transport
+    cost in the KR order of the full vector.
+    """
+    plan: PlatePlan = guide._plate_plan
+    smap = guide.get_transform(*args, **kwargs)
+    nodes = guide.prototype_trace.nodes
+    ref = smap.global_map[-1].loc
+    dg, dl = ref.shape[-1], plan.local_dim
+    base = dist.Normal(torch.zeros_like(ref), torch.ones_like(ref)).to_event(1)
+    z_g = pyro.sample(
+        f"_{guide._pyro_name}_latent",
+        dist.TransformedDistribution(base, smap.global_map),
+        infer={"is_auxiliary": True},
+    )
+    x_g = smap.global_map.inv(z_g)
+    result, pos = {}, 0
+    for name in plan.globals:
+        shape = guide._unconstrained_shapes[name]
+        size = math.prod(shape)
+        event = nodes[name]["fn"].event_dim + len(shape) - nodes[name]["value"].dim()
+        shape = torch.broadcast_shapes(shape, z_g.shape[:-1] + (1,) * event)
+        block = z_g[..., pos : pos + size].reshape(shape)
+        result[name] = pyro.sample(name, _delta(nodes[name], block))
+        pos += size
+    plates = guide._create_plates(*args, **kwargs)
+    with plates[plan.plate] as index:
+        index = torch.as_tensor(index, device=ref.device)
+        zeros = ref.new_zeros(index.shape + (dl,))
+        local = LocalTransform(smap.local, x_g, index)
+        offsets = torch.tensor(
+            [0] + [plan.full_size * s for s in plan.local_sizes[:-1]], device=ref.device
+        ).cumsum(0)
+        kr_index = torch.cat(
+            [
+                dg + o + index.unsqueeze(-1) * s + torch.arange(s, device=ref.device)
+                for o, s in zip(offsets.tolist(), plan.local_sizes, strict=True)
+            ],
+            dim=-1,
+        ).to(ref.dtype)
+        z_loc = pyro.sample(
+            f"_{guide._pyro_name}_local",
+            dist.TransformedDistribution(dist.Normal(zeros, 1.0).to_event(1), local),
+            infer={"is_auxiliary": True, "kr_index": kr_index},
+        )
+        start = 0
+        for name, size in zip(plan.locals, plan.local_sizes, strict=True):
+            shape = z_loc.shape[:-1] + tuple(guide._unconstrained_shapes[name])[1:]
+            block = z_loc[..., start : start + size].reshape(shape)
+            result[name] = pyro.sample(name, _delta(nodes[name], block))
+            start += size
+    return result

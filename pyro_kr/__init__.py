@@ -12,6 +12,7 @@ from pyro_kr.fit import History, NonFiniteLossError, fit
 from pyro_kr.flow_matching import COTFlowMatching
 from pyro_kr.guides import AutoKR
 from pyro_kr.objective import Annealing, TransportELBO
+from pyro_kr.posterior_protocol import AmortizedPosterior, FixedObservation
 from pyro_kr.simulation import SimulationBank, simulate
 from pyro_kr.transforms import (
     ConditionalMonotoneTriangular,
@@ -25,9 +26,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmortizedKR",
+    "AmortizedPosterior",
     "Annealing",
     "AutoKR",
     "COTFlowMatching",
+    "FixedObservation",
     "History",
     "NonFiniteLossError",
     "SimulationBank",

@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from pyro.nn import PyroModule
 
 from pyro_kr._validation import check_dim
 from pyro_kr.diagnostics import _arviz
 from pyro_kr.diagnostics._draws import draw_guide, predictive_draws
+from pyro_kr.posterior_protocol import AmortizedPosterior, FixedObservation
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -52,7 +54,9 @@ def to_inference_data(
     supported (their random subsets make the weights meaningless).
 
     Args:
-        guide: the fitted guide.
+        guide: the fitted guide (a :class:`~pyro_kr.posterior_protocol.FixedObservation` is
+            unwrapped to its guide; an :class:`~pyro_kr.posterior_protocol.AmortizedPosterior`
+            that is not a Pyro guide, such as ``COTFlowMatching``, raises a ``TypeError``).
         model: the Pyro model.
         *args: the model's positional arguments (also passed to the guide).
         num_samples: number of draws.
@@ -78,6 +82,14 @@ def to_inference_data(
         ((1, 200), ('chain', 'draw', 'data'))
     """
     check_dim("num_samples", num_samples, minimum=2)
+    if isinstance(guide, FixedObservation):  # the protocol adapter of a Pyro guide (AutoKR)
+        guide = guide.guide
+    elif isinstance(guide, AmortizedPosterior) and not isinstance(guide, PyroModule):
+        raise TypeError(
+            f"to_inference_data scores a Pyro guide under the model; {type(guide).__name__} "
+            "answers posterior queries but is not a Pyro guide. Draw with guide.sample(y, n) "
+            "and build the InferenceData with arviz.from_dict(posterior=...)"
+        )
     draws = draw_guide(
         guide, model, args, kwargs, num_samples=num_samples, seed=seed, vectorize=vectorize
     )

@@ -120,7 +120,7 @@ def lotka_volterra(mode: str, args) -> dict:
     if args.init_params:  # continue from a saved run (e.g. reverse fine-tuning of forward)
         pyro.get_param_store().load(args.init_params)
         log(f"lotka_volterra/{mode}: parameters loaded from {args.init_params}")
-    fwd = mode == "forward"
+    fwd = mode != "reverse"  # forward and hybrid train on simulations first
     if args.evaluate_only:  # the loaded parameters as they are
         history, train_s = None, None  # training facts come from the run that saved them
         guide.posterior(problem.observation(0))  # set up now: setup draws from the global RNG
@@ -236,7 +236,7 @@ def linear_gaussian(mode: str, args) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = pyro_kr.AmortizedKR(problem.model, observed="y", map="affine", hidden_dims=())
-    fwd = mode == "forward"
+    fwd = mode != "reverse"  # forward and hybrid train on simulations first
     history, train_s = train(
         problem.model, guide, mode, args, steps=args.lg_steps, lr=args.lg_lr,
         batch_size=args.batch_forward if fwd else args.batch_reverse,
@@ -361,7 +361,7 @@ def merge(paths: list[str], out: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", default=["forward", "reverse"],
-                        choices=["forward", "reverse"])
+                        choices=["forward", "reverse", "hybrid"])
     parser.add_argument("--lv-steps", type=int, default=20_000, help="reverse-mode steps")
     parser.add_argument("--lv-steps-forward", type=int, default=20_000)
     parser.add_argument("--batch-reverse", type=int, default=128)

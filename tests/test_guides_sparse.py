@@ -224,3 +224,25 @@ def test_sampling_memory_is_linear_in_draws(structure):
     )
     grown = float(out.stdout.strip().splitlines()[-1])
     assert grown < 150, f"peak resident memory grew by {grown:.0f} MB"
+
+
+def test_subsampled_transport_cost_is_unbiased_in_kr_order():
+    from pyro_kr.objective.cost import transport_cost, weighted_cost
+
+    y, sigma = _data(12)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    guide = pyro_kr.AutoKR(_model, map="affine", structure="plates")
+    guide(y, sigma, 4)
+    with torch.no_grad():
+        for p in guide.transform.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        eps = 0.8
+        sub = torch.tensor(
+            [float(transport_cost(poutine.trace(guide).get_trace(y, sigma, 4), eps))
+             for _ in range(3000)]
+        )
+        x = torch.randn(3000, guide.latent_dim)
+        full = weighted_cost(x, guide.transform(x), eps)
+    se = (sub.var() / len(sub) + full.var() / len(full)).sqrt()
+    assert abs(float(sub.mean() - full.mean())) < 4 * float(se)

@@ -6,7 +6,7 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.trace_struct import Trace
 
-__all__ = ["reference_pairs", "weighted_cost"]
+__all__ = ["reference_pairs", "transport_cost", "weighted_cost"]
 
 
 def weighted_cost(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -82,3 +82,25 @@ def reference_pairs(guide_trace: Trace) -> list[tuple[str, torch.Tensor, torch.T
             "N(0, I). Use Trace_ELBO for this guide, or switch to pyro_kr.AutoKR."
         )
     return pairs
+
+
+def transport_cost(guide_trace: Trace, eps: float) -> torch.Tensor:
+    """``sum`` of ``c_eps(x, T(x))`` over the guide's reference pairs, in the KR order.
+
+    A site's coordinates are weighted ``eps^(i-1)`` by their position in its last dim, unless
+    the site records each coordinate's KR position ``i - 1`` in ``infer["kr_index"]`` (the
+    sparse ``AutoKR`` does for the subsampled groups of a plate); the site's Pyro ``scale``
+    (``N / B`` under plate subsampling) multiplies its cost, so the estimate is unbiased.
+    """
+    if not 0 < eps <= 1:
+        raise ValueError(f"eps must lie in (0, 1], got {eps}")
+    total = 0.0
+    for name, x, z in reference_pairs(guide_trace):
+        site = guide_trace.nodes[name]
+        index = site["infer"].get("kr_index")
+        if index is None:
+            cost = weighted_cost(x, z, eps).sum()
+        else:
+            cost = (torch.as_tensor(eps, dtype=x.dtype) ** index * (x - z) ** 2).sum()
+        total = total + site["scale"] * cost
+    return total

@@ -12,7 +12,7 @@ from pyro.util import warn_if_nan
 
 from pyro_kr._batching import BATCH_SAFE_HINT, batch_problem, prototype, quiet_plate_guess
 from pyro_kr._validation import check_dim, check_no_enumeration, check_observed
-from pyro_kr.objective.cost import reference_pairs, weighted_cost
+from pyro_kr.objective.cost import transport_cost
 from pyro_kr.objective.schedules import Annealing
 
 __all__ = ["TransportELBO"]
@@ -131,8 +131,7 @@ class TransportELBO(Trace_ELBO):
             loss += loss_p / self.num_particles
             surrogate = surrogate + surrogate_p / self.num_particles
             if math.isfinite(lam):
-                for _, x, z in reference_pairs(guide_trace):
-                    cost = cost + weighted_cost(x, z, eps).sum() / self.num_particles
+                cost = cost + transport_cost(guide_trace, eps) / self.num_particles
         value = loss + torch_item(cost) / lam if math.isfinite(lam) else loss
         objective = surrogate + cost / lam if math.isfinite(lam) else surrogate
         warn_if_nan(value, "loss")

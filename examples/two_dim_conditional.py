@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> None:
           f"final loss {sum(history.loss[-20:]) / 20:.4f}")
 
     y_query = torch.quantile(y.squeeze(-1), torch.tensor([0.2, 0.5, 0.8])).unsqueeze(-1)
-    post = cot.posterior(y_query, ode_steps=10 if args.smoke else 50)
-    draws = post.sample((200 if args.smoke else 5000,)).squeeze(-1)  # (n, 3)
+    # the posterior protocol: sample(y, n) -> {"u": (n, 3, 1)} (sample-based latent site "u")
+    num = 200 if args.smoke else 5000
+    draws = cot.sample(y_query, num, ode_steps=10 if args.smoke else 50)["u"].squeeze(-1)
     u_test, y_test = DATASETS[args.dataset](50_000, seed=1)
     print(f"{'y':>8} {'mean q':>8} {'mean true':>10} {'sd q':>7} {'sd true':>8}")
     for k, yq in enumerate(y_query.squeeze(-1).tolist()):

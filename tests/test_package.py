@@ -9,7 +9,7 @@ import pyro_kr
 
 PUBLIC = [
     "AutoKR", "TransportELBO", "Annealing", "fit", "History", "NonFiniteLossError",
-    "AmortizedKR", "fit_amortized", "COTFlowMatching",
+    "AmortizedKR", "fit_amortized", "COTFlowMatching", "simulate", "SimulationBank",
     "TriangularAffine", "MonotoneTriangular",
     "ConditionalTriangularAffine", "ConditionalMonotoneTriangular",
 ]  # fmt: skip
@@ -26,7 +26,7 @@ def test_public_names_are_at_the_top_level():
 def test_import_loads_no_heavy_optional_dependency():
     code = (
         "import sys, pyro_kr; "
-        "print(','.join(m for m in ('ot', 'pymc', 'arviz', 'pytensor', 'matplotlib') "
+        "print(','.join(m for m in ('ot', 'pymc', 'arviz', 'pytensor', 'matplotlib', 'ray') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -21,6 +21,9 @@ compares:
 * ``elbo`` and ``prior_elbo``: the ELBO of the guide and of the prior as the guide (the
   expected log likelihood under the prior; its KL term is 0).
 
+Limitation: k-hat only sees mass the guide's draws reach, so a guide that covers one of
+several well-separated modes can pass (``"ok"``).
+
 Status: ``"ok"`` (``khat <= 0.7``); ``"at_prior"`` (``khat > 0.7``, ``prior_khat > 0.7`` and
 the guide either moved less than :data:`SHIFT_TOL` prior IQRs or has an ELBO less than
 :data:`ELBO_MARGIN` above the prior's); ``"collapsed"`` otherwise. A fit stopped early on

@@ -3,10 +3,10 @@
 For each training mode (``reverse``: amortized ELBO + transport cost; ``forward``: maximum
 likelihood on simulations) this script trains :class:`pyro_kr.AmortizedKR` once and reports
 
-* Lotka-Volterra (MATH.md section 5, fixed observation): W2 (sqrt of POT ``emd2``, squared
+* Lotka-Volterra (docs/problems.md, fixed observation): W2 (sqrt of POT ``emd2``, squared
   Euclidean cost, raw parameter values) and unbiased RBF MMD^2 (median heuristic) between
   ``--n-test`` posterior draws and the shipped PyMC reference, over ``--test-sets`` test sets,
-  with the reference-vs-reference noise floor (same ``n``) beside them; paper 004's COT-FM
+  with the reference-vs-reference noise floor (same ``n``) beside them; Kerrigan et al. 2024's COT-FM
   target is W2 < 0.0402 and MMD < 0.95e-3;
 * the time to 10,000 posterior draws for a *new* observation (median of repeats, 1 and 2
   threads) and its ratio to the wall time of the shipped PyMC reference run;
@@ -44,7 +44,7 @@ from pyro_kr.diagnostics import coverage, sbc
 from pyro_kr.metrics import UNIT_KERNEL_BANDWIDTH
 
 RESULTS = Path(__file__).resolve().parent / "results" / "amortized.json"
-TARGET_W2, TARGET_MMD = 0.0402, 0.95e-3  # paper 004, Table 2, COT-FM
+TARGET_W2, TARGET_MMD = 0.0402, 0.95e-3  # Kerrigan et al. 2024, Table 2, COT-FM
 TARGET_SAMPLE_S, TARGET_RATIO, TARGET_TRAIN_S = 0.050, 1000.0, 1800.0
 UNIT_KERNEL_H = UNIT_KERNEL_BANDWIDTH  # exp(-|a - b|^2), the PCP-Map code MMD kernel
 
@@ -291,7 +291,7 @@ def print_table(results: dict) -> None:
               f"{fmt('mmd2', 1e3):>19}{fmt('floor_mmd2', 1e3):>19}"
               f"{e['train_seconds'] or math.nan:>9.0f}"
               f"{ms:>8}{ok:>8}")
-    print(f"targets (paper 004 COT-FM): W2 < {TARGET_W2}, MMD2 < {TARGET_MMD:.2e}; "
+    print(f"targets (Kerrigan et al. 2024 COT-FM): W2 < {TARGET_W2}, MMD2 < {TARGET_MMD:.2e}; "
           "10k draws (2 threads, best dtype) < 50 ms; > 1000x PyMC; train < 30 min; "
           "linear-Gaussian W2 < 1.5x floor")
 

@@ -18,7 +18,7 @@ Every method is scored on the benchmark observation against the shipped PyMC ref
 the same metric: W2 (POT ``emd2``, squared Euclidean cost) between ``--n-test`` posterior draws
 and reference draws, over ``--test-sets`` reference subsets, in raw ``u`` and in ``log u``
 divided by the prior sd (0.7071), each with its noise floor (reference vs reference, same
-``n``). Paper 004 does not say in which coordinates its W2 is computed; its 0.0402 is quoted
+``n``). Kerrigan et al. 2024 does not say in which coordinates its W2 is computed; its 0.0402 is quoted
 only with that caveat. Results go to ``benchmarks/results/amortized_peers.json``, a table is
 printed and W2 against budget (log axes) is plotted into ``bench-out/amortized_peers/``.
 
@@ -53,7 +53,7 @@ PLOTS = ROOT / "bench-out" / "amortized_peers"
 METHODS = ("forward", "hybrid", "reverse", "cot", "npe_maf", "npe_nsf")
 PRIOR_LOC = (-0.125, -3.0, -0.125, -3.0)
 PRIOR_SD = math.sqrt(0.5)
-PAPER_W2 = 0.0402  # paper 004, Table 2, COT-FM; coordinates not stated
+PAPER_W2 = 0.0402  # Kerrigan et al. 2024, Table 2, COT-FM; coordinates not stated
 
 
 def log(message: str) -> None:
@@ -275,7 +275,7 @@ def print_table(result: dict) -> None:
           f"{floor['raw']['mean']:.4f}, scaled log {floor['scaled_log']['mean']:.4f}")
     for method, why in result["skipped"].items():
         print(f"SKIPPED {method}: {why}")
-    print(f"paper 004 COT-FM W2 {PAPER_W2} (coordinates not stated in the paper)")
+    print(f"Kerrigan et al. 2024 COT-FM W2 {PAPER_W2} (coordinates not stated in the paper)")
 
 
 def plot(result: dict, out_dir: Path) -> Path | None:

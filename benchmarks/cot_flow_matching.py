@@ -1,6 +1,6 @@
-"""Benchmark: conditional-OT flow matching (COT-FM) vs plain flow matching (FM), paper 004.
+"""Benchmark: conditional-OT flow matching (COT-FM) vs plain flow matching (FM), Kerrigan et al. 2024.
 
-Table 1 protocol (paper 004, app. F.1): for checkerboard, moons, circles and swissroll, train on
+Table 1 protocol (Kerrigan et al. 2024, app. F.1): for checkerboard, moons, circles and swissroll, train on
 20,000 pairs (plus 20,000 independent ``y`` for the source and 1,000 held-out pairs for model
 selection by validation W2), then on 5 test sets of 5,000: draw ``y`` from the generator, sample
 ``u ~ q(u | y)`` and compare the joint ``(y, u)`` with 5,000 fresh generator draws by W2
@@ -34,7 +34,7 @@ from pyro_kr.flow_matching import COTFlowMatching
 from pyro_kr.metrics import UNIT_KERNEL_BANDWIDTH
 from pyro_kr.problems.joint2d import DATASETS
 
-PAPER_W2 = {  # x 1e-2, paper 004 Table 1 / Table 2 (COT-FM; FM in brackets below)
+PAPER_W2 = {  # x 1e-2, Kerrigan et al. 2024 Table 1 / Table 2 (COT-FM; FM in brackets below)
     "checkerboard": 4.69,
     "moons": 6.50,
     "circles": 5.56,
@@ -45,7 +45,7 @@ PAPER_MMD = {"checkerboard": 0.17, "moons": 0.13, "circles": 0.20, "swissroll": 
              "lotka_volterra": 0.95}  # x 1e-3
 PAPER_FM_W2 = {"checkerboard": 8.81, "moons": 15.55, "circles": 7.03, "swissroll": 8.18,
                "lotka_volterra": 11.41}
-# "cot": minibatch plans (paper 004's choice for the 2-D sets); "cot_full": one plan on the
+# "cot": minibatch plans (Kerrigan et al. 2024's choice for the 2-D sets); "cot_full": one plan on the
 # whole training set (its choice for Lotka-Volterra, which always uses the full plan).
 COUPLING = {"cot": "minibatch", "cot_full": "full", "fm": "independent"}
 

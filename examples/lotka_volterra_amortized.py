@@ -1,6 +1,6 @@
 """Amortized Lotka-Volterra posteriors: train once, then answer any observation in milliseconds.
 
-Trains :class:`pyro_kr.AmortizedKR` on the predator-prey problem of MATH.md section 5 (paper
+Trains :class:`pyro_kr.AmortizedKR` on the predator-prey problem of docs/problems.md (paper
 004's setting), by reverse KL (amortized ELBO + transport cost, fresh simulations every step)
 or forward KL (maximum likelihood on a fixed bank of simulations). Then:
 

@@ -70,6 +70,7 @@ class FixedObservation:
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch, pyro_kr
+        >>> pyro.clear_param_store()
         >>> def model(x):
         ...     z = pyro.sample("z", dist.Normal(0.0, 1.0))
         ...     pyro.sample("x", dist.Normal(z, 1.0), obs=x)

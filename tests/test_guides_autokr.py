@@ -2,7 +2,7 @@
 
 For ``z ~ N(0, I)``, ``y ~ N(A z, sigma^2 I)`` the posterior is ``N(m, S)`` with
 ``S = (I + A^T A / sigma^2)^-1`` and ``m = S A^T y / sigma^2``; its KR map from ``N(0, I)`` in
-the site order is ``m + cholesky(S) x`` (MATH.md section 1). Training uses many particles and
+the site order is ``m + cholesky(S) x`` (docs/maps.md). Training uses many particles and
 a decaying learning rate so that the gradient noise is far below the tolerances.
 """
 

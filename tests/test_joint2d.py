@@ -1,4 +1,4 @@
-"""The 2-D joint datasets of paper 004, Table 1 (pyro_kr.problems.joint2d)."""
+"""The 2-D joint datasets of Kerrigan et al. 2024, Table 1 (pyro_kr.problems.joint2d)."""
 
 from __future__ import annotations
 

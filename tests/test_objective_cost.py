@@ -1,5 +1,5 @@
 """The weighted cost ``c_eps``, the reference draws it is evaluated on, and the theorem it
-serves (MATH.md section 2): annealing ``(eps, lam)`` turns a dense linear map into the KR map.
+serves (docs/objective.md): annealing ``(eps, lam)`` turns a dense linear map into the KR map.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_reference_pairs_error_names_the_sites_and_the_fix():
     assert "'a'" in str(info.value) and "pyro_kr.AutoKR" in str(info.value)
 
 
-# -- MATH.md section 2, on a Gaussian target with a dense linear map ---------------------------
+# -- docs/objective.md, on a Gaussian target with a dense linear map ---------------------------
 D = 4
 
 
@@ -182,7 +182,7 @@ def test_eps_one_and_large_lam_give_the_brenier_map():
 
 
 def test_final_eps_and_lam_from_scratch_is_not_triangular():
-    """The numerical fact in MATH.md section 2: the schedule, not just its end, matters."""
+    """The numerical fact in docs/objective.md: the schedule, not just its end, matters."""
     mean, cov = _target()
     M, _ = _continuation(Annealing(eps=1e-3, lam=1e4, steps=0), mean, cov)
     assert M.triu(1).abs().max() > 0.1

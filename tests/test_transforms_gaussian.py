@@ -1,5 +1,5 @@
 """Closed-form checks: for ``mu = N(0, I)`` and ``nu = N(m, S)`` the KR map is
-``m + cholesky(S) x`` (MATH.md section 1). Fitting the maps to Gaussians must find it."""
+``m + cholesky(S) x`` (docs/maps.md). Fitting the maps to Gaussians must find it."""
 
 from __future__ import annotations
 

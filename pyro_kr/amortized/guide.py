@@ -1,6 +1,6 @@
 """``AmortizedKR``: one conditional KR map answers posterior queries for any observation.
 
-The block-triangular map ``T(y, x) = (y, T_U(y, x))`` of MATH.md section 3 (paper 004,
+The block-triangular map ``T(y, x) = (y, T_U(y, x))`` of docs/amortized.md (Kerrigan et al. 2024,
 Prop. 1): for every observation ``y`` the map ``x -> T_U(e(y), x)`` is monotone
 lower-triangular in ``x`` and pushes ``N(0, I)`` to ``q(u | y)``. ``e`` is an embedding of the
 observed sites; ``T_U = A(e) o M_depth(e) o ... o M_1(e)`` with conditional monotone layers

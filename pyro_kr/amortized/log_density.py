@@ -9,7 +9,7 @@ differentiable Jacobi corrections
 
 which leave the value at ``x*`` and, because ``I - D^{-1} DT`` is strictly lower triangular
 (nilpotent), give after ``d`` steps exactly the implicit-function derivative
-``dx*/dtheta = -DT^{-1} dT/dtheta`` (MATH.md section 1: triangular Jacobians).
+``dx*/dtheta = -DT^{-1} dT/dtheta`` (docs/maps.md: triangular Jacobians).
 """
 
 from __future__ import annotations

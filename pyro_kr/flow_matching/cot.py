@@ -1,8 +1,8 @@
-"""``COTFlowMatching``: amortised posteriors by conditional-OT flow matching (paper 004, sec. 6).
+"""``COTFlowMatching``: amortised posteriors by conditional-OT flow matching (Kerrigan et al. 2024, sec. 6).
 
 A block-triangular velocity field ``v(t, y, u)`` (only ``u`` moves) is regressed on straight
 paths between a source ``(y, u0 ~ N(0, I))`` and simulated pairs ``(y, u)`` coupled by the exact
-OT plan for ``|y1 - y0|^2 + eps |u1 - u0|^2`` (MATH.md section 4). Integrating the field from
+OT plan for ``|y1 - y0|^2 + eps |u1 - u0|^2`` (docs/flow_matching.md). Integrating the field from
 ``t = 0`` to ``1`` for a fixed ``y`` samples the approximate posterior ``q(u | y)``.
 """
 
@@ -247,7 +247,7 @@ class COTFlowMatching(FlowQueries, nn.Module):
             validate_every: steps between validations.
             validation_ode_steps: RK4 steps used for validation samples.
             y_source: optional source data ``(m, dim_y)`` from the data marginal. Default: in
-                model mode, the data of ``num_simulations`` extra simulations (paper 004, F.1);
+                model mode, the data of ``num_simulations`` extra simulations (Kerrigan et al. 2024, F.1);
                 in sample mode, the training ``y`` (then ``coupling="full"`` with a small
                 ``eps`` pairs every ``y`` with itself and reduces to FM with fixed noise: pass
                 independent draws for a real COT plan).

@@ -1,11 +1,11 @@
-"""Conditional optimal-transport couplings between source and target pairs (paper 004, sec. 6).
+"""Conditional optimal-transport couplings between source and target pairs (Kerrigan et al. 2024, sec. 6).
 
 The source keeps the data ``y`` of each pair and replaces the parameters ``u`` by noise; the
 coupling is an exact OT plan (POT's ``ot.emd``, called on torch tensors) for the cost
 
     c((y0, u0), (y1, u1)) = |y1 - y0|^2 + eps |u1 - u0|^2,    0 < eps << 1
 
-(MATH.md section 4). As ``eps -> 0`` the plan moves mass only between (nearly) equal ``y`` and,
+(docs/flow_matching.md). As ``eps -> 0`` the plan moves mass only between (nearly) equal ``y`` and,
 among those, solves the OT problem in ``u``: its limit is the Knothe-Rosenblatt coupling.
 """
 
@@ -217,7 +217,7 @@ def block_plan_sampler(
     A full plan on ``n`` pairs needs ``O(n^2)`` memory (about 16 GB at ``n = 20,000``). Here the
     target pairs are split at random into ``k = ceil(max(n, m) / block_size)`` blocks, the source
     pairs likewise (by the same permutation when ``n == m``), and each block gets its exact
-    :func:`cot_plan`: minibatch OT with very large, fixed minibatches (paper 004 used minibatch
+    :func:`cot_plan`: minibatch OT with very large, fixed minibatches (Kerrigan et al. 2024 used minibatch
     plans where a full plan did not fit). Block ``b`` carries mass ``|T_b| / m``, so every target
     pair keeps weight ``1 / m``. POT has no such blocked solver, hence this function.
 

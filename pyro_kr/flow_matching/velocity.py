@@ -4,7 +4,7 @@ Every velocity model here (and any user ``nn.Module`` with the same call signatu
 ``velocity(t, y, u)`` with ``t`` of shape ``(..., 1)``, ``y`` of shape ``(..., dim_y)`` and ``u``
 of shape ``(..., dim_u)``, and returns the ``u``-velocity of shape ``(..., dim_u)``. The ``y``
 velocity is zero by construction, which makes the flow map block-triangular
-``(y, u) -> (y, T(y, u))`` (paper 004, sec. 6, eq. 8; MATH.md section 4).
+``(y, u) -> (y, T(y, u))`` (Kerrigan et al. 2024, sec. 6, eq. 8; docs/flow_matching.md).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def call_velocity(
 
 
 class VelocityMLP(nn.Module):
-    """MLP ``v(t, y, u)`` on the concatenation ``(u, y, t)`` with SeLU activations (paper 004, F).
+    """MLP ``v(t, y, u)`` on the concatenation ``(u, y, t)`` with SeLU activations (Kerrigan et al. 2024, F).
 
     Args:
         dim_u: dimension of ``u`` (the output dimension).

@@ -1,7 +1,7 @@
 """KR-only posterior queries: exact marginals of leading sites, conditionals of the rest.
 
 For a lower-triangular ``T``, the first ``m`` output coordinates depend only on the first
-``m`` reference coordinates (MATH.md section 1), so
+``m`` reference coordinates (docs/maps.md), so
 
 * ``T_{1:m}(x_{1:m})`` with ``x_{1:m} ~ N(0, I_m)`` is an exact draw of the marginal of the
   leading sites, and

@@ -4,7 +4,7 @@ Every function takes two sets of draws as ``(n, d)`` torch tensors or numpy arra
 reads as ``d = 1``), or as dicts ``name -> (n, ...)`` flattened in the first dict's key order,
 and returns a float or a small frozen dataclass. POT is imported only by the W2 functions.
 
-- :func:`w2` (exact, POT ``emd2``; the paper 004 protocol) and :func:`sliced_w2`;
+- :func:`w2` (exact, POT ``emd2``; the Kerrigan et al. 2024 protocol) and :func:`sliced_w2`;
 - :func:`mmd2` (unbiased, Gaussian kernel, median heuristic) and :func:`median_bandwidth`;
 - :func:`c2st` (classifier two-sample test accuracy, a small torch MLP);
 - :func:`moment_errors` (mean and sd errors in reference-sd units);

@@ -10,7 +10,7 @@ __all__ = ["reference_pairs", "transport_cost", "weighted_cost"]
 
 
 def weighted_cost(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """``c_eps(x, y) = sum_i eps^(i-1) (x_i - y_i)^2`` (paper 000, eq. 1).
+    """``c_eps(x, y) = sum_i eps^(i-1) (x_i - y_i)^2`` (Baptista et al. 2025, eq. 1).
 
     Args:
         x, y: tensors of shape ``(..., d)``; coordinate ``i`` is the ``i``-th in the KR order.

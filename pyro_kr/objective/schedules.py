@@ -1,4 +1,4 @@
-"""Annealing schedules for ``(eps, lambda) -> (0, inf)`` (paper 000, Thm 3.8).
+"""Annealing schedules for ``(eps, lambda) -> (0, inf)`` (Baptista et al. 2025, Thm 3.8).
 
 Each schedule is a pure function of the step: ``schedule(step) -> float``; it ramps from
 ``start`` to ``end`` over ``steps`` steps and then holds ``end``. :class:`Annealing` pairs one
@@ -165,10 +165,10 @@ def _check_pair(name: str, value) -> tuple[float, float]:
 class Annealing:
     """Coupled schedule for the transport weight ``eps`` and the KL weight ``lam``.
 
-    The objective of paper 000 (eq. 4) is ``lam * KL(T#mu || nu) + E[c_eps(x, T(x))]``;
+    The objective of Baptista et al. 2025 (eq. 4) is ``lam * KL(T#mu || nu) + E[c_eps(x, T(x))]``;
     annealing ``eps`` from 1 towards 0 and ``lam`` upwards moves the minimiser from the
     Brenier map towards the KR map of the target (Thm 3.6-3.8). Warm-started continuation
-    along a schedule matters (MATH.md section 2): solving the final ``(eps, lam)`` from scratch
+    along a schedule matters (docs/objective.md): solving the final ``(eps, lam)`` from scratch
     does not give a triangular map.
 
     Args:

@@ -1,4 +1,4 @@
-"""``TransportELBO``: the soft-constrained KR objective as a Pyro ELBO (paper 000, eq. 4, 14)."""
+"""``TransportELBO``: the soft-constrained KR objective as a Pyro ELBO (Baptista et al. 2025, eq. 4, 14)."""
 
 from __future__ import annotations
 

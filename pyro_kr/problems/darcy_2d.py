@@ -1,4 +1,4 @@
-"""``darcy_2d``: a small version of paper 004's Darcy flow inverse problem (app. F.3).
+"""``darcy_2d``: a small version of Kerrigan et al. 2024's Darcy flow inverse problem (app. F.3).
 
 Model (fixed settings are fields of :class:`Darcy2D`):
 

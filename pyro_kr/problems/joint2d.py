@@ -1,4 +1,4 @@
-"""The four 2-D joint distributions of paper 004, Table 1 (appendix F.1).
+"""The four 2-D joint distributions of Kerrigan et al. 2024, Table 1 (appendix F.1).
 
 Each generator returns a pair ``(u, y)`` of float32 tensors of shape ``(n, 1)``: ``y`` is the
 conditioning variable (the data) and ``u`` the variable whose conditional ``nu(u | y)`` is
@@ -6,7 +6,7 @@ learned. The layout follows the paper's public code (github GavinKerrigan/cot_fm
 ``data/synthetic.py``, which stores samples "in (u, y) format" and conditions on coordinate 1):
 column 0 of each 2-D point is ``u`` and column 1 is ``y``.
 
-* ``checkerboard``: the generator of Hosseini et al. (2023), used by paper 004: ``u ~ U[-1, 1]``;
+* ``checkerboard``: the generator of Hosseini et al. (2023), used by Kerrigan et al. 2024: ``u ~ U[-1, 1]``;
   given the column of ``u`` the point lies uniformly in one of the two squares of that column.
 * ``moons``: scikit-learn's ``make_moons(noise=0.05)``, then ``(x - (0.5, 0.25)) / sqrt((0.75,
   0.25))``. The paper's text calls ``(0.75, 0.25)`` a standard deviation, but its code divides by
@@ -50,7 +50,7 @@ def _split(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def checkerboard(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n`` points of the checkerboard joint (Hosseini et al., 2023; paper 004 F.1).
+    """Draw ``n`` points of the checkerboard joint (Hosseini et al., 2023; Kerrigan et al. 2024 F.1).
 
     ``u ~ U[-1, 1]``. For ``u`` in ``[-1, -0.5]`` or ``[0, 0.5]``, ``y`` is uniform on
     ``[0, 0.5]`` or ``[-1, -0.5]`` (probability 1/2 each); for ``u`` in ``[-0.5, 0]`` or
@@ -118,7 +118,7 @@ def make_swiss_roll(n: int, *, noise: float, gen: torch.Generator) -> torch.Tens
 
 
 def moons(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n`` points of the scaled two-moons joint (paper 004 F.1).
+    """Draw ``n`` points of the scaled two-moons joint (Kerrigan et al. 2024 F.1).
 
     Args:
         n: number of points.
@@ -140,7 +140,7 @@ def moons(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def circles(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n`` points of the two-circles joint (``factor=0.5, noise=0.05``; paper 004 F.1).
+    """Draw ``n`` points of the two-circles joint (``factor=0.5, noise=0.05``; Kerrigan et al. 2024 F.1).
 
     Args:
         n: number of points.
@@ -184,4 +184,4 @@ DATASETS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "circles": circles,
     "swissroll": swissroll,
 }
-"""``name -> generator(n, *, seed) -> (u, y)``, each ``(n, 1)`` float32 (paper 004, Table 1)."""
+"""``name -> generator(n, *, seed) -> (u, y)``, each ``(n, 1)`` float32 (Kerrigan et al. 2024, Table 1)."""

@@ -1,4 +1,4 @@
-"""Likelihood-free joint-sample tasks of paper 004 (Table 1): checkerboard, moons, circles,
+"""Likelihood-free joint-sample tasks of Kerrigan et al. 2024 (Table 1): checkerboard, moons, circles,
 swissroll.
 
 The generators live in :mod:`pyro_kr.problems.joint2d` (``DATASETS[name](n, seed=...)`` returns

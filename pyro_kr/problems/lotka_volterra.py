@@ -1,6 +1,6 @@
-"""``lotka_volterra``: the predator-prey inverse problem of paper 004 (sec. 7, app. F.2).
+"""``lotka_volterra``: the predator-prey inverse problem of Kerrigan et al. 2024 (sec. 7, app. F.2).
 
-Exactly the setting of MATH.md section 5 (and the public code of paper 004):
+Exactly the setting of docs/problems.md (and the public code of Kerrigan et al. 2024):
 
 * parameters ``u = (alpha, beta, gamma, delta)`` with ``log u ~ N(m, 0.5 I)``,
   ``m = (-0.125, -3, -0.125, -3)`` (variance 0.5): each site is ``LogNormal(m_i, sqrt(0.5))``;

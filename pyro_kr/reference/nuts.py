@@ -1,6 +1,6 @@
 """Reference posteriors by PyMC MCMC, checked for convergence and cached on disk.
 
-:func:`nuts` runs PyMC's NUTS (or DEMetropolisZ, the sampler paper 004 used for its
+:func:`nuts` runs PyMC's NUTS (or DEMetropolisZ, the sampler Kerrigan et al. 2024 used for its
 Lotka-Volterra reference) on a benchmark problem's PyMC twin or on any ``pm.Model``, refuses a
 run that has not converged (R-hat, bulk ESS), and caches the draws as ArviZ netCDF keyed by the
 problem, the observation values and the sampler settings.
@@ -243,7 +243,7 @@ def nuts(
         chains: number of chains (R-hat needs at least 2).
         tune: tuning (warm-up) steps per chain.
         seed: random seed passed to ``pm.sample``.
-        method: ``"nuts"`` or ``"demetropolisz"`` (gradient-free, as in paper 004).
+        method: ``"nuts"`` or ``"demetropolisz"`` (gradient-free, as in Kerrigan et al. 2024).
         target_accept: NUTS target acceptance rate (raise it for curved posteriors).
         compile_mode: PyTensor compile mode, e.g. ``"NUMBA"`` (much faster for ODE models
             written with ``pytensor.scan``); default PyTensor's.

@@ -1,7 +1,7 @@
 """Lower-triangular affine maps ``T(x) = b + L x``: the exact KR map between Gaussians.
 
 For ``mu = N(0, I)`` and ``nu = N(m, S)`` the Knothe-Rosenblatt map is ``x -> m + cholesky(S) x``
-(MATH.md section 1), so these maps are the closed-form reference for every other family.
+(docs/maps.md), so these maps are the closed-form reference for every other family.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class TriangularAffine(ParameterAwareCache, TransformModule):
     """Learnable lower-triangular affine map ``T(x) = loc + L x`` with ``diag(L) > 0``.
 
     Exact for Gaussian targets: ``TriangularAffine(d, loc=m, scale_tril=cholesky(S))`` pushes
-    ``N(0, I)`` to ``N(m, S)`` and is the KR map between them (paper 000, sec. 2).
+    ``N(0, I)`` to ``N(m, S)`` and is the KR map between them (Baptista et al. 2025, sec. 2).
 
     Args:
         dim: event dimension ``d``.

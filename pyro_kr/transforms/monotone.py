@@ -1,6 +1,6 @@
 """Monotone triangular maps built from an exactly integrated rectifier.
 
-Component ``k`` of the map (paper 000, eq. 3; Baptista, Marzouk and Zahm's
+Component ``k`` of the map (Baptista et al. 2025, eq. 3; Baptista, Marzouk and Zahm's
 integrated-rectifier form) is
 
     T_k(x) = f_k(x_<k) + int_0^{x_k} r_k(x_<k, t) dt,
@@ -258,7 +258,7 @@ class ConditionalMonotoneTriangular(ConditionalTransformModule):
     """Monotone triangular map in ``x`` whose every component also depends on a context ``y``.
 
     ``T(x; y)_k = T_k(y, x_1..x_k)``: the block-triangular map ``(y, x) -> (y, T(x; y))`` of
-    MATH.md section 3. ``.condition(y)`` with ``y`` of shape ``(..., c)`` returns a Transform
+    docs/amortized.md. ``.condition(y)`` with ``y`` of shape ``(..., c)`` returns a Transform
     batched over the contexts (shapes of ``x`` and ``y`` broadcast, as in Pyro).
 
     Args:

@@ -1,7 +1,7 @@
 """Input checks shared by every public entry point.
 
-User errors raise ``ValueError``/``TypeError`` naming what was expected and what came
-(STYLE.md, convention 7); nothing here uses ``assert``.
+User errors raise ``ValueError``/``TypeError`` naming what was expected and what came;
+nothing here uses ``assert``.
 """
 
 from __future__ import annotations

@@ -309,6 +309,16 @@ def test_marginal_with_negative_num_samples():
         guide.marginal("tau", -3)
 
 
+@pytest.mark.parametrize("num_samples, error", [(-3, ValueError), (2.5, TypeError)])
+def test_sample_posterior_with_a_bad_num_samples(num_samples, error):
+    guide = AutoKR(hierarchical)
+    guide(Y)
+    with pytest.raises(error, match="num_samples must be"):
+        guide.sample_posterior(num_samples, Y)
+    with pytest.raises(error, match="num_samples must be"):
+        guide.quantiles([0.5], Y, num_samples=num_samples)
+
+
 def test_checkpoint_in_an_unwritable_folder_fails_before_the_first_step(tmp_path):
     parent = tmp_path / "a_file"
     parent.write_text("not a folder")

@@ -10,6 +10,7 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide.initialization import init_to_median
 
+from pyro_kr._validation import check_dim
 from pyro_kr.guides.laplace import laplace_init
 from pyro_kr.guides.packing import PackedKRGuide
 from pyro_kr.guides.queries import KRQueries
@@ -175,6 +176,7 @@ class AutoKR(KRQueries, PackedKRGuide):
     @torch.no_grad()
     def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Draw ``num_samples`` joint posterior draws: dict name -> ``(num_samples, *shape)``."""
+        check_dim("num_samples", num_samples)
         self._ensure_setup(*args, **kwargs)
         x = self.get_base_dist().sample((num_samples,))
         return self._constrain(self.get_transform()(x))

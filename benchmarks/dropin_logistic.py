@@ -111,7 +111,7 @@ def main() -> None:
     record = {
         "budget": {"steps": steps, "particles": args.particles, "data": [500, 5],
                    "guide": "AutoKR(model) default monotone", "threads": 1},
-        "pyro_kr": pyro_kr.__file__,
+        "pyro_kr": pyro_kr.__version__,
         "results": rows,
     }
     out.write_text(json.dumps(record, indent=2) + "\n")

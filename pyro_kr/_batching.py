@@ -26,6 +26,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_kr.traces import is_subsample, sample_sites
+
 __all__ = [
     "BATCH_SAFE_HINT",
     "batch_problem",
@@ -43,19 +45,11 @@ BATCH_SAFE_HINT = (
 _PLATE = "_pyro_kr_batch_probe"
 
 
-def _sample_sites(trace) -> list[dict]:
-    return [s for s in trace.nodes.values() if s["type"] == "sample"]
-
-
-def _is_subsample(site: dict) -> bool:
-    return type(site["fn"]).__name__ == "_Subsample"
-
-
 def subsampled_plates(*traces) -> dict[str, tuple[int, int]]:
     """``plate name -> (subsample size, full size)`` of every subsampling plate in ``traces``."""
     out = {}
     for trace in traces:
-        for site in _sample_sites(trace):
+        for site in sample_sites(trace):
             for frame in site["cond_indep_stack"]:
                 if frame.full_size is not None and frame.size < frame.full_size:
                     out[frame.name] = (frame.size, frame.full_size)
@@ -77,8 +71,8 @@ def _describe(who: str, error: Exception, partial) -> str:
     first = (str(error).splitlines() or [""])[0]
     latent = [
         f"{s['name']} {tuple(s['value'].shape)}"
-        for s in _sample_sites(partial)
-        if not s["is_observed"] and not _is_subsample(s) and torch.is_tensor(s["value"])
+        for s in sample_sites(partial)
+        if not s["is_observed"] and not is_subsample(s) and torch.is_tensor(s["value"])
     ]
     after = latent[-1].split(" ")[0] if latent else None
     where = f"right after sample site {after!r}" if after else "before its first sample site"
@@ -141,7 +135,7 @@ def batch_problem(
         except Exception as error:  # noqa: BLE001 - any failure means: not batch-safe
             return _describe("model", error, model_handler.msngr.trace)
         for what, trace in (("guide", guide_tr), ("model", model_tr)):
-            for site in _sample_sites(prune_subsample_sites(trace)):
+            for site in sample_sites(prune_subsample_sites(trace)):
                 if _per_draw(site, num_draws, dim) is None:
                     return (
                         f"the {what}'s site {site['name']!r} has a log-prob of shape "
@@ -153,9 +147,9 @@ def batch_problem(
 
 def _compare_draws(model, args, kwargs, model_tr, n: int, dim: int) -> str | None:
     """Replay draws ``0`` and ``n - 1`` unvectorized and compare each site's log-prob."""
-    sites = _sample_sites(model_tr)
-    subsample = {s["name"]: s["value"] for s in sites if _is_subsample(s)}
-    latent = [s for s in sites if not s["is_observed"] and not _is_subsample(s)]
+    sites = sample_sites(model_tr)
+    subsample = {s["name"]: s["value"] for s in sites if is_subsample(s)}
+    latent = [s for s in sites if not s["is_observed"] and not is_subsample(s)]
     reference = poutine.trace(model).get_trace(*args, **kwargs)
     for i in (0, n - 1):
         data = dict(subsample)
@@ -175,7 +169,7 @@ def _compare_draws(model, args, kwargs, model_tr, n: int, dim: int) -> str | Non
             data[site["name"]] = value.reshape(shape)
         single = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
         single.compute_log_prob()
-        for site in _sample_sites(prune_subsample_sites(model_tr)):
+        for site in sample_sites(prune_subsample_sites(model_tr)):
             if site["name"] not in single.nodes:
                 return f"the model's site {site['name']!r} appears only when vectorized"
             got = _per_draw(site, n, dim)[i]

@@ -25,6 +25,7 @@ from pyro_kr.checkpoint import (
     load_checkpoint,
     set_rng_state,
 )
+from pyro_kr.traces import guess_plate_nesting
 
 __all__ = ["History", "NonFiniteLossError", "fit"]
 
@@ -297,7 +298,7 @@ def fit(
             pyro.poutine.replay(model, trace=guide_trace)(*args, **kwargs)
             if getattr(loss, "max_plate_nesting", None) == math.inf:
                 # The uninterrupted run guessed this at step 0, before the RNG state we restore.
-                loss._guess_max_plate_nesting(model, guide, args, kwargs)
+                guess_plate_nesting(loss, model, guide, args, kwargs)
         _restore(state["params"], strict=True)
         optim.set_state(state["optim"])
         if schedule is not None and state.get("schedule") is not None:

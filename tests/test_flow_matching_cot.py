@@ -383,7 +383,7 @@ def unvectorizable_model():
 
 def test_model_mode_falls_back_to_sequential_simulation():
     cot = COTFlowMatching(unvectorizable_model, observed="y", width=8, depth=1)
-    with pytest.warns(RuntimeWarning, match="one draw at a time"):
+    with pytest.warns(RuntimeWarning, match="falling back to a loop"):
         u, y = cot.simulator.simulate(20)
     assert u.shape == (20, 3) and y.shape == (20, 3)
 

@@ -24,8 +24,8 @@ from pyro_kr.amortized.embedding import StandardizedMLP
 from pyro_kr.amortized.log_density import conditioned_log_prob
 from pyro_kr.amortized.observations import ObservedLayout, SiteUnconstrain, accepts_keyword
 from pyro_kr.amortized.sampler import PosteriorSampler
-from pyro_kr.amortized.simulate import plate_depth, simulate_pairs, site_names
 from pyro_kr.guides.packing import PackedKRGuide
+from pyro_kr.traces import plate_depth, simulate_pairs, site_names
 from pyro_kr.transforms import ConditionalMonotoneTriangular, ConditionalTriangularAffine
 
 __all__ = ["AmortizedKR"]

@@ -32,12 +32,12 @@ from pyro_kr import distributed
 from pyro_kr._validation import check_dim
 from pyro_kr.amortized.guide import AmortizedKR
 from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO
-from pyro_kr.amortized.simulate import simulate_pairs
 from pyro_kr.checkpoint import load_checkpoint
 from pyro_kr.fit import History, _restore, _snapshot, fit
 from pyro_kr.objective import Annealing, TransportELBO
 from pyro_kr.simulation.bank import SimulationBank
 from pyro_kr.simulation.stream import ShardStream, StreamingForwardLoss
+from pyro_kr.traces import guide_plates, simulate_pairs
 
 __all__ = ["AmortizedHistory", "fit_amortized"]
 
@@ -85,7 +85,7 @@ class _ReversePair:
         sims = simulate_pairs(
             self.user_model, args, kwargs, g.layout.shapes, b, depth=g.plate_depth
         )
-        plates = g._create_plates(*args, **kwargs)
+        plates = guide_plates(g, *args, **kwargs)
         with self._plate():
             g(*args, **{**kwargs, **sims})
             for name in g.observed:

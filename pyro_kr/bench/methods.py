@@ -37,6 +37,8 @@ import numpy as np
 import pyro
 import torch
 
+from pyro_kr.traces import draws_plate, plate_depth, vectorize_or_loop
+
 LR = 1e-2
 """Adam learning rate of every SVI method (except the ``*_laplace`` ones: ``LAPLACE_LR``)."""
 
@@ -77,20 +79,6 @@ def float64() -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
-def _max_plate_nesting(guide) -> int:
-    trace = getattr(guide, "prototype_trace", None)
-    if trace is None:
-        return 0
-    dims = [
-        -f.dim
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for f in site.get("cond_indep_stack", ())
-        if f.vectorized and f.dim is not None
-    ]
-    return max(dims, default=0)
-
-
 def sample_guide(guide, names: list[str], n: int, shapes: dict[str, tuple], **kwargs) -> dict:
     """Draw ``n`` posterior samples of the named sites from a trained guide (vectorized).
 
@@ -104,13 +92,15 @@ def sample_guide(guide, names: list[str], n: int, shapes: dict[str, tuple], **kw
     Returns:
         ``{name: np.ndarray of shape (n, *shape)}``.
     """
-    dim = -(_max_plate_nesting(guide) + 1)
-    try:
-        with torch.no_grad(), pyro.plate("_pyro_kr_draws", n, dim=dim):
-            out = guide(**kwargs)
+    trace = getattr(guide, "prototype_trace", None)
+    depth = 0 if trace is None else plate_depth(trace)
+
+    def vectorized():
+        with torch.no_grad():
+            out = draws_plate(guide, n, depth)(**kwargs)
         return {k: out[k].detach().cpu().numpy().reshape((n,) + tuple(shapes[k])) for k in names}
-    except (RuntimeError, ValueError):
-        # guides that do not vectorize: one draw at a time
+
+    def looped():
         rows: dict[str, list] = {k: [] for k in names}
         with torch.no_grad():
             for _ in range(n):
@@ -118,6 +108,8 @@ def sample_guide(guide, names: list[str], n: int, shapes: dict[str, tuple], **kw
                 for k in names:
                     rows[k].append(out[k].detach().cpu().numpy().reshape(shapes[k]))
         return {k: np.stack(v) for k, v in rows.items()}
+
+    return vectorize_or_loop(vectorized, looped, vectorize=None, what="guide draws", n=n)[0]
 
 
 class _StepClock:

@@ -20,15 +20,19 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_kr._batching import BATCH_SAFE_HINT, batch_problem, subsampled_plates
 from pyro_kr._validation import check_dim
-
-_DRAWS_PLATE = "_pyro_kr_draws"
+from pyro_kr.traces import (
+    as_draws,
+    draws_plate,
+    plate_depth,
+    sample_sites,
+    vectorize_or_loop,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,10 +73,6 @@ class GuideDraws:
         return self.log_joint - self.log_q
 
 
-def _sample_sites(trace) -> list[dict]:
-    return [s for s in trace.nodes.values() if s["type"] == "sample"]
-
-
 def _site_dims(site: dict) -> tuple[list[str], int, dict[str, list[int]]]:
     """Dim names of a site's value, its number of batch dims, and plate coordinates."""
     value_ndim = site["value"].dim()
@@ -97,15 +97,6 @@ def _prototype(guide: Callable, model: Callable, args: tuple, kwargs: dict):
     return guide_tr, model_tr
 
 
-def _max_plate_nesting(*traces) -> int:
-    depth = 0
-    for trace in traces:
-        for site in _sample_sites(trace):
-            dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None]
-            depth = max(depth, len(site["fn"].batch_shape), *dims)
-    return depth
-
-
 def _per_draw(log_prob: torch.Tensor | float, n: int, depth: int) -> torch.Tensor:
     """Reduce a vectorized site log-prob to shape ``(n,)`` (draws at dim ``-(depth + 1)``)."""
     lp = torch.as_tensor(log_prob)
@@ -118,36 +109,25 @@ def _per_draw(log_prob: torch.Tensor | float, n: int, depth: int) -> torch.Tenso
     return lp.expand(n)
 
 
-def _reshape_draws(value: torch.Tensor, n: int, shape: torch.Size) -> torch.Tensor:
-    if value.numel() == n * math.prod(shape):
-        return value.reshape((n,) + tuple(shape))
-    if value.numel() == math.prod(shape):
-        return value.reshape(shape).expand((n,) + tuple(shape))
-    raise ValueError(f"value of shape {tuple(value.shape)} is not {n} draws of {tuple(shape)}")
-
-
 def _vectorized(guide, model, args, kwargs, n, depth, latent_names, obs_sites):
-    def vec(fn):
-        def wrapped(*a, **k):
-            with pyro.plate(_DRAWS_PLATE, n, dim=-depth - 1):
-                return fn(*a, **k)
-
-        return wrapped
-
-    guide_tr = prune_subsample_sites(poutine.trace(vec(guide)).get_trace(*args, **kwargs))
+    guide_tr = prune_subsample_sites(
+        poutine.trace(draws_plate(guide, n, depth)).get_trace(*args, **kwargs)
+    )
     model_tr = prune_subsample_sites(
-        poutine.trace(poutine.replay(vec(model), trace=guide_tr)).get_trace(*args, **kwargs)
+        poutine.trace(poutine.replay(draws_plate(model, n, depth), trace=guide_tr)).get_trace(
+            *args, **kwargs
+        )
     )
     guide_tr.compute_log_prob()
     model_tr.compute_log_prob()
-    log_q = sum(_per_draw(s["log_prob"], n, depth) for s in _sample_sites(guide_tr))
-    log_joint = sum(_per_draw(s["log_prob"], n, depth) for s in _sample_sites(model_tr))
+    log_q = sum(_per_draw(s["log_prob"], n, depth) for s in sample_sites(guide_tr))
+    log_joint = sum(_per_draw(s["log_prob"], n, depth) for s in sample_sites(model_tr))
     latent = {
-        name: _reshape_draws(model_tr.nodes[name]["value"], n, shape)
+        name: as_draws(model_tr.nodes[name]["value"], n, shape)
         for name, shape in latent_names.items()
     }
     loglik = {
-        name: _reshape_draws(model_tr.nodes[name]["unscaled_log_prob"], n, batch_shape)
+        name: as_draws(model_tr.nodes[name]["unscaled_log_prob"], n, batch_shape)
         for name, batch_shape in obs_sites.items()
     }
     return latent, log_joint, log_q, loglik
@@ -205,6 +185,7 @@ def draw_guide(
         A :class:`GuideDraws`.
 
     Example:
+        >>> import pyro
         >>> import pyro.distributions as dist
         >>> from pyro.infer.autoguide import AutoNormal
         >>> def model():
@@ -227,11 +208,11 @@ def draw_guide(
         guide_tr = prune_subsample_sites(raw_guide_tr)
         model_tr = prune_subsample_sites(raw_model_tr)
         latent_sites = [
-            s for s in _sample_sites(model_tr)
+            s for s in sample_sites(model_tr)
             if not s["is_observed"] and s["name"] in guide_tr.nodes
             and not guide_tr.nodes[s["name"]]["infer"].get("is_auxiliary", False)
         ]
-        obs = [s for s in _sample_sites(model_tr) if s["is_observed"]]
+        obs = [s for s in sample_sites(model_tr) if s["is_observed"]]
         latent_names = {s["name"]: s["value"].shape for s in latent_sites}
         obs_sites = {s["name"]: s["fn"].batch_shape for s in obs}
         dims, ll_dims, coords, batch_ndims = {}, {}, {}, {}
@@ -242,7 +223,7 @@ def draw_guide(
             coords.update(site_coords)
             if site["is_observed"]:
                 ll_dims[site["name"]] = names[:batch_ndim]
-        depth = _max_plate_nesting(guide_tr, model_tr)
+        depth = plate_depth(guide_tr, model_tr)
         result = None
         if vectorize is not False and num_samples > 1:
             # A few draws first: a model that broadcasts draws against draws would need
@@ -265,25 +246,19 @@ def draw_guide(
                     stacklevel=3,
                 )
                 vectorize = False
-        if vectorize is not False:
-            try:
-                result = _vectorized(
-                    guide, model, args, kwargs, num_samples, depth, latent_names, obs_sites
-                )
-                _check_vectorized(model, args, kwargs, result, (0, num_samples - 1))
-            except Exception as error:  # noqa: BLE001 - any failure means: use the loop
-                if vectorize:
-                    raise
-                first_line = (str(error).splitlines() or [""])[0]
-                warnings.warn(
-                    f"vectorized draws failed ({type(error).__name__}: {first_line}); falling "
-                    f"back to a loop over {num_samples} draws",
-                    RuntimeWarning,
-                )
-                result = None
-        vectorized = result is not None
-        if result is None:
-            result = _looped(guide, model, args, kwargs, num_samples, latent_names, obs_sites)
+
+        def vectorized_draws():
+            result = _vectorized(
+                guide, model, args, kwargs, num_samples, depth, latent_names, obs_sites
+            )
+            _check_vectorized(model, args, kwargs, result, (0, num_samples - 1))
+            return result
+
+        result, vectorized = vectorize_or_loop(
+            vectorized_draws,
+            lambda: _looped(guide, model, args, kwargs, num_samples, latent_names, obs_sites),
+            vectorize=vectorize, what="draws", n=num_samples, stacklevel=4,
+        )
         latent, log_joint, log_q, loglik = result
         observed = {s["name"]: s["value"].detach() for s in obs}
     return GuideDraws(
@@ -313,6 +288,7 @@ def predictive_draws(
     a loop.
 
     Example:
+        >>> import pyro
         >>> import pyro.distributions as dist
         >>> from pyro.infer.autoguide import AutoNormal
         >>> def model(x=None):
@@ -327,25 +303,24 @@ def predictive_draws(
     n = draws.log_weight.shape[0]
     free = poutine.uncondition(model)
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in draws.observed}
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
-        torch.manual_seed(seed)
-        if draws.vectorized:
-            try:
-                return _vectorized_predictive(free, args, kwargs, draws, n)
-            except Exception as error:  # noqa: BLE001 - any failure means: use the loop
-                first_line = (str(error).splitlines() or [""])[0]
-                warnings.warn(
-                    f"vectorized posterior predictive failed ({type(error).__name__}: "
-                    f"{first_line}); falling back to a loop over {n} draws",
-                    RuntimeWarning,
-                )
+
+    def looped():
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in draws.observed}
         for i in range(n):
             data = {name: value[i] for name, value in draws.latent.items()}
             tr = poutine.trace(poutine.condition(free, data=data)).get_trace(*args, **kwargs)
             for name in out:
                 out[name].append(tr.nodes[name]["value"])
-    return {name: torch.stack(values) for name, values in out.items()}
+        return {name: torch.stack(values) for name, values in out.items()}
+
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+        torch.manual_seed(seed)
+        return vectorize_or_loop(
+            lambda: _vectorized_predictive(free, args, kwargs, draws, n),
+            looped,
+            vectorize=None if draws.vectorized else False,
+            what="posterior predictive", n=n, stacklevel=4,
+        )[0]
 
 
 def _vectorized_predictive(free, args, kwargs, draws: GuideDraws, n: int):
@@ -354,10 +329,11 @@ def _vectorized_predictive(free, args, kwargs, draws: GuideDraws, n: int):
     for name, value in draws.latent.items():
         pad = (1,) * (depth - draws.batch_ndims[name])
         data[name] = value.reshape((n,) + pad + tuple(value.shape[1:]))
-    with pyro.plate(_DRAWS_PLATE, n, dim=-depth - 1):
-        tr = poutine.trace(poutine.condition(free, data=data)).get_trace(*args, **kwargs)
+    tr = poutine.trace(draws_plate(poutine.condition(free, data=data), n, depth)).get_trace(
+        *args, **kwargs
+    )
     return {
-        name: _reshape_draws(tr.nodes[name]["value"], n, draws.observed[name].shape)
+        name: as_draws(tr.nodes[name]["value"], n, draws.observed[name].shape)
         for name in draws.observed
     }
 

@@ -25,8 +25,8 @@ import torch
 from pyro import poutine
 
 from pyro_kr._validation import check_dim
-from pyro_kr.amortized.simulate import plate_depth, simulate_pairs
 from pyro_kr.posterior_protocol import AmortizedPosterior
+from pyro_kr.traces import plate_depth, sample_sites, simulate_pairs
 
 __all__ = ["CoverageResult", "SBCResult", "coverage", "sbc"]
 
@@ -109,10 +109,7 @@ def _simulate(guide, model, args, kwargs, n: int, seed: int):
     kwargs = {k: v for k, v in kwargs.items() if k not in observed}
     with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    sites = {
-        name: site for name, site in trace.nodes.items()
-        if site["type"] == "sample" and type(site["fn"]).__name__ != "_Subsample"
-    }
+    sites = {site["name"]: site for site in sample_sites(trace, subsample=False)}
     missing = [name for name in observed if name not in sites]
     if missing:
         raise ValueError(f"observed sites {missing} are not sample sites of the model")

@@ -7,32 +7,22 @@ concatenated in trace order. The observed site is flattened into ``y``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from pyro import poutine
-from pyro.distributions.transforms import biject_to
-from pyro.infer import Predictive
-from pyro.poutine.util import site_is_subsample
+
+from pyro_kr.traces import (
+    LatentSite,
+    latent_sites,
+    pack,
+    plate_depth,
+    sample_sites,
+    simulate_pairs,
+    unpack,
+)
 
 __all__ = ["LatentSite", "ModelSimulator"]
-
-
-@dataclass(frozen=True)
-class LatentSite:
-    """One latent sample site: its name, value shape, unconstrained shape and support."""
-
-    name: str
-    shape: torch.Size
-    unconstrained_shape: torch.Size
-    support: object
-
-    @property
-    def numel(self) -> int:
-        """Number of unconstrained coordinates of the site."""
-        return int(self.unconstrained_shape.numel())
 
 
 class ModelSimulator:
@@ -74,26 +64,16 @@ class ModelSimulator:
         trace = poutine.trace(poutine.uncondition(model)).get_trace(
             *self.model_args, **self.model_kwargs
         )
-        sample_sites = {
-            name: site
-            for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)
-        }
-        if observed not in sample_sites:
+        names = [site["name"] for site in sample_sites(trace, subsample=False)]
+        if observed not in names:
             raise ValueError(
                 f"observed site {observed!r} is not a sample site of the model; "
-                f"sample sites are {sorted(sample_sites)}"
+                f"sample sites are {sorted(names)}"
             )
-        self.y_shape = sample_sites[observed]["value"].shape
+        self.y_shape = trace.nodes[observed]["value"].shape
         self.dim_y = int(self.y_shape.numel())
-        self.sites: list[LatentSite] = []
-        for name, site in sample_sites.items():
-            if name == observed:
-                continue
-            support = site["fn"].support
-            value = site["value"]
-            unconstrained = biject_to(support).inv(value)
-            self.sites.append(LatentSite(name, value.shape, unconstrained.shape, support))
+        self.depth = plate_depth(trace)
+        self.sites: list[LatentSite] = latent_sites(trace, exclude=(observed,))
         if not self.sites:
             raise ValueError("the model has no latent sample sites besides the observed one")
         self.dim_u = sum(site.numel for site in self.sites)
@@ -105,28 +85,13 @@ class ModelSimulator:
             ``(u, y)``: packed unconstrained latents ``(num, dim_u)`` and flattened data
             ``(num, dim_y)``.
         """
-        names = [site.name for site in self.sites] + [self.observed]
-        model = poutine.uncondition(self.model)
-        try:
-            draws = Predictive(model, num_samples=num, parallel=True, return_sites=names)(
-                *self.model_args, **self.model_kwargs
-            )
-        except Exception as error:  # noqa: BLE001 - any vectorisation failure falls back
-            warnings.warn(
-                f"vectorised simulation failed ({type(error).__name__}: {error}); "
-                "simulating one draw at a time",
-                RuntimeWarning,
-            )
-            draws = Predictive(model, num_samples=num, parallel=False, return_sites=names)(
-                *self.model_args, **self.model_kwargs
-            )
-        pieces = []
-        for site in self.sites:
-            value = draws[site.name].reshape((num,) + tuple(site.shape))
-            unconstrained = biject_to(site.support).inv(value)
-            pieces.append(unconstrained.reshape(num, site.numel))
-        y = draws[self.observed].reshape(num, self.dim_y)
-        return torch.cat(pieces, dim=-1).detach(), y.detach()
+        shapes = {site.name: site.shape for site in self.sites}
+        shapes[self.observed] = self.y_shape
+        draws = simulate_pairs(
+            self.model, self.model_args, self.model_kwargs, shapes, num, depth=self.depth
+        )
+        u = pack(draws, self.sites, num)
+        return u.detach(), draws[self.observed].reshape(num, self.dim_y).detach()
 
     def unpack(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         """Map packed unconstrained latents ``(..., dim_u)`` to constrained site values.
@@ -134,15 +99,7 @@ class ModelSimulator:
         Returns:
             ``{name: value}`` with values of shape ``(..., *site_shape)``.
         """
-        if u.shape[-1] != self.dim_u:
-            raise ValueError(f"unpack expected shape (..., {self.dim_u}), got {tuple(u.shape)}")
-        out, start = {}, 0
-        batch = u.shape[:-1]
-        for site in self.sites:
-            piece = u[..., start : start + site.numel].reshape(batch + site.unconstrained_shape)
-            out[site.name] = biject_to(site.support)(piece)
-            start += site.numel
-        return out
+        return unpack(u, self.sites)
 
     def flatten_y(self, y: torch.Tensor) -> torch.Tensor:
         """Flatten observations of shape ``(..., *y_shape)`` to ``(..., dim_y)``."""

@@ -49,6 +49,7 @@ from torch.distributions import Transform
 from torch.nn import functional as F
 
 from pyro_kr.guides.structure import PlatePlan, plate_plan
+from pyro_kr.traces import guide_plates
 from pyro_kr.transforms import (
     ConditionalMonotoneTriangular,
     ConditionalTriangularAffine,
@@ -360,7 +361,7 @@ def subsampled_forward(guide, *args, **kwargs) -> dict[str, torch.Tensor]:
         block = z_g[..., pos : pos + size].reshape(shape)
         result[name] = pyro.sample(name, _delta(nodes[name], block))
         pos += size
-    plates = guide._create_plates(*args, **kwargs)
+    plates = guide_plates(guide, *args, **kwargs)
     with plates[plan.plate] as index:
         index = torch.as_tensor(index, device=ref.device)
         zeros = ref.new_zeros(index.shape + (dl,))

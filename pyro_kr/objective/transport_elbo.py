@@ -14,6 +14,7 @@ from pyro_kr._batching import BATCH_SAFE_HINT, batch_problem, prototype, quiet_p
 from pyro_kr._validation import check_dim, check_no_enumeration, check_observed
 from pyro_kr.objective.cost import transport_cost
 from pyro_kr.objective.schedules import Annealing
+from pyro_kr.traces import guess_plate_nesting
 
 __all__ = ["TransportELBO"]
 
@@ -91,7 +92,7 @@ class TransportELBO(Trace_ELBO):
         if self.vectorize_particles:
             if self.max_plate_nesting == math.inf:
                 with quiet_plate_guess():
-                    self._guess_max_plate_nesting(model, guide, args, kwargs)
+                    guess_plate_nesting(self, model, guide, args, kwargs)
             reason = batch_problem(
                 model, guide, args, kwargs,
                 num_draws=self.num_particles, dim=-self.max_plate_nesting,

@@ -1,7 +1,7 @@
 """``pyro_kr.simulate``: a seeded bank of prior-predictive pairs, in-process or on Ray.
 
 The ``num_simulations`` pairs are cut into chunks of ``chunk_size``; chunk ``i`` is drawn by
-:func:`pyro_kr.amortized.simulate.simulate_pairs` (vectorized over an outer plate) from a
+:func:`pyro_kr.traces.simulate_pairs` (vectorized over an outer plate) from a
 seed derived from ``(seed, i)`` alone, so the pairs depend on ``seed`` and ``chunk_size``
 only, never on the backend or the number of workers. ``backend="ray"`` runs one Ray task per
 chunk; with ``path=`` each finished chunk is written atomically as a shard by the driver, and
@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
 from pyro_kr._atomic import atomic_path
 from pyro_kr._validation import check_dim
-from pyro_kr.amortized.simulate import plate_depth, simulate_pairs, site_names
 from pyro_kr.simulation.bank import SimulationBank
 from pyro_kr.simulation.shards import (
     FORMAT,
@@ -34,6 +32,7 @@ from pyro_kr.simulation.shards import (
     shard_path,
     write_shard,
 )
+from pyro_kr.traces import plate_depth, sample_sites, simulate_pairs, site_names
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "chunk_seed", "simulate"]
 
@@ -60,8 +59,7 @@ def _layout(model, args, kwargs, observed: list[str]) -> tuple[dict, dict, int]:
         torch.manual_seed(0)
         trace = poutine.trace(model).get_trace(*args, **kwargs)
         free = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
-    sample = {n: s for n, s in trace.nodes.items()
-              if s["type"] == "sample" and not site_is_subsample(s)}
+    sample = {s["name"]: s for s in sample_sites(trace, subsample=False)}
     missing = [n for n in observed if n not in sample]
     if missing:
         raise ValueError(f"observed sites {missing} are not sample sites of the model; its "

@@ -134,3 +134,36 @@ def test_regeneration_agrees_with_shipped_draws(name, tmp_path):
         a, b = shipped[k].astype(np.float64), new[k].astype(np.float64)
         se = np.sqrt(a.var(0) / ess_shipped + b.var(0) / record["min_ess_bulk"])
         assert np.all(np.abs(a.mean(0) - b.mean(0)) < 5 * se), k
+
+
+def test_pymc_twin_references_go_through_reference_nuts(monkeypatch, tmp_path):
+    """One builder: generate() samples the PyMC twin through pyro_kr.reference.nuts, with
+    the LV chains started at init_at (PyMC's init="adapt_diag", no jitter), uncached."""
+    import importlib
+
+    from pyro_kr.reference import _io
+
+    nuts_module = importlib.import_module("pyro_kr.reference.nuts")
+    seen = {}
+
+    def fake_sample(model, settings, progressbar):
+        seen.update(settings)
+        rng = np.random.default_rng(0)
+        chains, draws = settings["chains"], settings["draws"]
+        post = {k: 1.0 + 0.01 * rng.standard_normal((chains, draws)) for k in ("alpha", "beta",
+                                                                             "gamma", "delta")}
+        return _io.from_dict(post, sample_stats={"diverging": np.zeros((chains, draws))}), 1.0
+
+    monkeypatch.setattr(nuts_module, "_sample", fake_sample)
+    monkeypatch.setenv("PYRO_KR_CACHE", str(tmp_path / "cache"))
+    draws, record = references.generate(
+        "lotka_volterra", draws=50, tune=5, chains=3, out_dir=tmp_path, check=False
+    )
+    assert seen["compile_mode"] == "NUMBA" and seen["init"] == "adapt_diag"
+    assert len(seen["initvals"]) == 3
+    start = np.array([[c[k] for k in problems.get("lotka_volterra").param_names]
+                      for c in seen["initvals"]])
+    center = np.array(references.SETTINGS["lotka_volterra"]["init_at"])
+    assert np.all(np.abs(np.log(start / center)) < 5 * 0.05)  # u* * exp(0.05 z)
+    assert record["sampler"].startswith("pyro_kr.reference.nuts")
+    assert not (tmp_path / "cache").exists()  # cache=False: nothing cached

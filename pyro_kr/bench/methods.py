@@ -237,13 +237,13 @@ def _auto_spline(model):
 
 
 def reference_options(name: str) -> dict[str, Any]:
-    """``target_accept`` / ``compile_mode`` the shipped reference of ``name`` was built with."""
-    try:
-        from pyro_kr.problems.references import SETTINGS
-    except ImportError:
-        return {}
-    chosen = SETTINGS.get(name, {})
-    return {k: chosen[k] for k in ("target_accept", "compile_mode") if k in chosen}
+    """``target_accept`` / ``compile_mode`` of the shipped reference of ``name``.
+
+    The same as :func:`pyro_kr.problems.references.nuts_options` (kept under this name).
+    """
+    from pyro_kr.problems.references import nuts_options
+
+    return nuts_options(name)
 
 
 def fresh_nuts(

@@ -13,9 +13,11 @@ Regenerate (PyMC NUTS on the problem's twin; see ``SETTINGS``)::
     python -m pyro_kr.problems.references                 # every MCMC-referenced problem
     python -m pyro_kr.problems.references --problem lotka_volterra --draws 2000
 
-The sampler is ``pm.sample`` called directly (not :func:`pyro_kr.reference.nuts`) because the
-Lotka-Volterra twin needs PyTensor's numba backend to be fast enough (``compile_mode``): one
-gradient costs ~1 ms with numba and ~15 ms with the C backend.
+Every run goes through :mod:`pyro_kr.reference` (:func:`~pyro_kr.reference.nuts` on the PyMC
+twin, uncached, or :func:`~pyro_kr.reference.nuts_from_pyro`), the one reference builder; this
+module adds the per-problem ``SETTINGS`` (the Lotka-Volterra twin needs PyTensor's numba
+backend, ``compile_mode``: one gradient costs ~1 ms with numba and ~15 ms with the C backend),
+the R-hat / ESS gate and the shipped files.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "generate",
     "load_reference",
     "main",
+    "nuts_options",
     "reference_dir",
 ]
 
@@ -161,61 +164,54 @@ def _diagnostics(idata: Any, names: list[str]) -> tuple[float, float, float]:
     return rhat, bulk, tail
 
 
-def _sample_pymc_twin(
+def nuts_options(name: str) -> dict[str, Any]:
+    """``target_accept`` / ``compile_mode`` the shipped reference of ``name`` was built with.
+
+    Fresh NUTS runs (baselines, ``pyro-kr reference``) pass these to
+    :func:`pyro_kr.reference.nuts`, so every reference of a problem is sampled alike.
+
+    Example:
+        >>> nuts_options("banana")
+        {'target_accept': 0.95}
+    """
+    chosen = SETTINGS.get(name, {})
+    return {k: chosen[k] for k in ("target_accept", "compile_mode") if k in chosen}
+
+
+def _build(
     problem: Any, y: Any, settings: dict[str, Any], seed: int, progressbar: bool
 ) -> tuple[Any, float]:
-    """PyMC NUTS on the problem's PyMC twin; returns ``(idata, wall seconds)``."""
-    import pymc as pm
+    """One reference run through :mod:`pyro_kr.reference` (the one builder), unchecked here.
 
-    model = _pymc_model(problem, y.numpy(), settings)
-    compile_kwargs = {"mode": settings["compile_mode"]} if "compile_mode" in settings else None
-    init_kwargs: dict[str, Any] = {}
-    if "init_at" in settings:
-        rng = np.random.default_rng(seed)
-        center = np.asarray(settings["init_at"], dtype=np.float64)
-        init_kwargs["init"] = "adapt_diag"
-        spread = settings["init_spread"]
-        init_kwargs["initvals"] = [
-            dict(zip(problem.param_names, center * np.exp(spread * z), strict=True))
-            for z in rng.standard_normal((settings["chains"], len(center)))
-        ]
+    ``sampler="nuts_from_pyro"``: PyMC NUTS on the Pyro model's torch potential; otherwise
+    :func:`pyro_kr.reference.nuts` on the problem's PyMC twin. Returns ``(idata, wall s)``.
+    """
+    from pyro_kr import reference
+
+    common = {
+        "draws": settings["draws"], "tune": settings["tune"], "chains": settings["chains"],
+        "seed": seed, "target_accept": settings["target_accept"], "progressbar": progressbar,
+        "rhat_max": float("inf"), "min_ess": 0.0,  # generate() applies RHAT_MAX / MIN_ESS
+        "name": problem.name,
+    }  # fmt: skip
     start = time.perf_counter()
-    idata = pm.sample(
-        draws=settings["draws"],
-        tune=settings["tune"],
-        chains=settings["chains"],
-        cores=1,
-        random_seed=seed,
-        target_accept=settings["target_accept"],
-        progressbar=progressbar,
-        compute_convergence_checks=False,
-        compile_kwargs=compile_kwargs,
-        model=model,
-        **init_kwargs,
-    )
-    return idata, time.perf_counter() - start
-
-
-def _sample_pyro_potential(
-    problem: Any, y: Any, settings: dict[str, Any], seed: int, progressbar: bool
-) -> tuple[Any, float]:
-    """PyMC NUTS on the problem's Pyro potential (:func:`nuts_from_pyro`), unchecked here."""
-    from pyro_kr.reference import nuts_from_pyro
-
-    start = time.perf_counter()
-    idata = nuts_from_pyro(
-        problem.model,
-        y=y,
-        draws=settings["draws"],
-        tune=settings["tune"],
-        chains=settings["chains"],
-        seed=seed,
-        target_accept=settings["target_accept"],
-        rhat_max=float("inf"),  # generate() applies its own RHAT_MAX / MIN_ESS check
-        min_ess=0.0,
-        progressbar=progressbar,
-        name=problem.name,
-    )
+    if settings.get("sampler") == "nuts_from_pyro":
+        idata = reference.nuts_from_pyro(problem.model, y=y, **common)
+    else:
+        init: dict[str, Any] = {}
+        if "init_at" in settings:
+            rng = np.random.default_rng(seed)
+            center = np.asarray(settings["init_at"], dtype=np.float64)
+            spread = settings["init_spread"]
+            init["init"] = "adapt_diag"
+            init["initvals"] = [
+                dict(zip(problem.param_names, center * np.exp(spread * z), strict=True))
+                for z in rng.standard_normal((settings["chains"], len(center)))
+            ]
+        model = _pymc_model(problem, y.numpy(), settings)
+        idata = reference.nuts(
+            model, compile_mode=settings.get("compile_mode"), cache=False, **init, **common
+        )
     return idata, time.perf_counter() - start
 
 
@@ -263,12 +259,11 @@ def generate(
             settings[key] = int(value)
     problem = problems.get(name)
     y = problem.observation(index)
+    idata, wall = _build(problem, y, settings, seed, progressbar)
     if settings.get("sampler") == "nuts_from_pyro":
-        idata, wall = _sample_pyro_potential(problem, y, settings, seed, progressbar)
         sampler = "pyro_kr.reference.nuts_from_pyro (PyMC NUTS on the Pyro potential)"
     else:
-        idata, wall = _sample_pymc_twin(problem, y, settings, seed, progressbar)
-        sampler = "pymc.sample (NUTS)"
+        sampler = "pyro_kr.reference.nuts (pymc.sample, NUTS)"
     post = idata.posterior
     names = problem.param_names
     rhat, ess_bulk, ess_tail = _diagnostics(idata, names)

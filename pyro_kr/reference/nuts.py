@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -133,6 +133,10 @@ def _sample(model, settings: Mapping[str, Any], progressbar: bool):
             extra["target_accept"] = settings["target_accept"]
         if settings.get("compile_mode"):
             extra["compile_kwargs"] = {"mode": settings["compile_mode"]}
+        if settings.get("init") is not None:
+            extra["init"] = settings["init"]
+        if settings.get("initvals") is not None:
+            extra["initvals"] = [dict(v) for v in settings["initvals"]]
         start = time.perf_counter()
         idata = pm.sample(
             draws=settings["draws"],
@@ -223,6 +227,8 @@ def nuts(
     method: str = "nuts",
     target_accept: float = 0.8,
     compile_mode: str | None = None,
+    init: str | None = None,
+    initvals: Sequence[Mapping[str, Any]] | None = None,
     cores: int = 1,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
@@ -247,6 +253,8 @@ def nuts(
         target_accept: NUTS target acceptance rate (raise it for curved posteriors).
         compile_mode: PyTensor compile mode, e.g. ``"NUMBA"`` (much faster for ODE models
             written with ``pytensor.scan``); default PyTensor's.
+        init: PyMC's ``init`` (e.g. ``"adapt_diag"``: no jitter); default PyMC's.
+        initvals: one ``{site: value}`` start per chain; default PyMC's.
         cores: processes for the chains (1 = sequential, the frugal default).
         cache: read and write the on-disk cache.
         cache_dir: cache directory; default ``$PYRO_KR_CACHE`` or ``~/.cache/pyro_kr/references``.
@@ -299,6 +307,12 @@ def nuts(
         settings["target_accept"] = target_accept
     if compile_mode is not None:
         settings["compile_mode"] = compile_mode
+    if init is not None:
+        settings["init"] = init
+    if initvals is not None:
+        settings["initvals"] = [
+            {k: np.asarray(v).tolist() for k, v in dict(chain).items()} for chain in initvals
+        ]
     return load_or_build(
         name=label,
         digest=digest,

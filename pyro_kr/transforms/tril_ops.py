@@ -10,15 +10,17 @@ with the small tensors each draw keeps: the resident memory grew by about one ``
 per draw (332 MB for 1,000 draws at ``d = 301``).
 
 Here ``L`` is assembled once per parameter state (detached, rebuilt when the parameters'
-values change) and the products go through autograd functions whose backward passes compute the
-gradients of ``off_diag`` and of the diagonal directly, so the only ``d x d`` tensors are the
-parameters, their gradients and the one cached ``L``.
+values may have changed) and the products go through autograd functions whose backward
+passes compute the gradients of ``off_diag`` and of the diagonal directly, so the only
+``d x d`` tensors are the parameters, their gradients and the one cached ``L``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from pyro_kr.transforms._cache import ParameterState
 
 __all__ = ["TrilCache", "tril_matmul", "tril_solve"]
 
@@ -79,31 +81,25 @@ class _TrilSolve(torch.autograd.Function):
 
 
 class TrilCache:
-    """The detached ``L`` of one parameter state; rebuilt when a parameter's values change.
+    """The detached ``L`` of one parameter state; rebuilt when a parameter's values may change.
 
-    The check compares the parameters with copies taken when ``L`` was built
-    (``torch.equal``, no temporary), not version counters: optimizers that write through
-    ``.data`` (Pyro's ``ClippedAdam``) do not bump them.
+    The state is a :class:`~pyro_kr.transforms._cache.ParameterState` of ``(off, raw_diag)``
+    (identities, storages, version counters and the process's count of optimizer steps, so
+    that optimizers writing through ``.data``, like Pyro's ``ClippedAdam``, are seen too), plus
+    dtype and device.
     """
 
     def __init__(self) -> None:
-        self._copies: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._state: tuple | None = None
         self._tril: torch.Tensor | None = None
-
-    def _fresh(self, off: torch.Tensor, raw_diag: torch.Tensor) -> bool:
-        if self._copies is None:
-            return False
-        old_off, old_raw = self._copies
-        if old_off.dtype != off.dtype or old_off.device != off.device:
-            return False
-        return torch.equal(old_raw, raw_diag.detach()) and torch.equal(old_off, off.detach())
 
     def get(self, off: torch.Tensor, raw_diag: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
         """``tril(off, -1) + diag(diag)`` (detached) for the current values of the parameters."""
-        if self._tril is None or not self._fresh(off, raw_diag):
+        state = (ParameterState((off, raw_diag)), off.dtype, off.device)
+        if self._tril is None or state != self._state:
             with torch.no_grad():
                 self._tril = off.detach().tril(-1) + torch.diag_embed(diag.detach())
-                self._copies = (off.detach().clone(), raw_diag.detach().clone())
+            self._state = state
         return self._tril
 
 

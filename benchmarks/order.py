@@ -1,7 +1,7 @@
 """KR order: the model's order vs ``AutoKR(order="auto")`` vs the problem's hand order (issue 18).
 
 Every run: default ``AutoKR(model)`` (monotone map, ``init_scale=0.1``) with only ``order``
-changed, annealed ``TransportELBO`` (``Annealing(steps=0.7 * steps)``, the default ramps),
+changed, annealed ``TransportELBO`` (``Annealing.over(steps)``: the default ramps over 70 %),
 ``--particles`` vectorized particles, Adam(lr=1e-2) through ``pyro_kr.fit``, float64; the
 same seeds for every order. Scored against the problem's shipped reference: W2 on
 standardized coordinates (with its noise floor), max mean / sd error in reference-sd units,
@@ -49,7 +49,7 @@ def one_run(problem, y, ref, order, *, steps, particles, seed, num_draws):
         pyro.set_rng_seed(seed)
         guide = pyro_kr.AutoKR(problem.model, order=order)
         loss = pyro_kr.TransportELBO(
-            pyro_kr.Annealing(steps=max(int(0.7 * steps), 1)),
+            pyro_kr.Annealing.over(steps),
             num_particles=particles,
             vectorize_particles=particles > 1,
         )

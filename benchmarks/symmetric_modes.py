@@ -2,7 +2,7 @@
 
 Every guide: ``--steps`` Adam(lr=1e-2) steps of ``--particles`` vectorized particles through
 ``pyro_kr.fit``, float64, seeds 0..``--seeds``-1. AutoKR: ``AutoKR(model)`` defaults with the
-annealed ``TransportELBO`` (``Annealing(steps=0.7 * steps)``). AutoMVN:
+annealed ``TransportELBO`` (``Annealing.over(steps)``: ramp over 70 % of the steps). AutoMVN:
 ``AutoMultivariateNormal`` with ``Trace_ELBO``. Scored against the exact reference: share of
 draws per sign quadrant (reference 0.25 each), the largest share error, W2 on standardized
 coordinates (with its noise floor), PSIS k-hat, and ``check_fit``'s status. Writes
@@ -43,7 +43,7 @@ def one_run(problem, y, ref, guide_name, *, steps, particles, seed, num_draws):
         if guide_name == "autokr":
             guide = pyro_kr.AutoKR(problem.model)
             loss = pyro_kr.TransportELBO(
-                pyro_kr.Annealing(steps=max(int(0.7 * steps), 1)),
+                pyro_kr.Annealing.over(steps),
                 num_particles=particles, vectorize_particles=particles > 1,
             )
         else:

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     problem = problems.get("eight_schools")
     y = problem.observation(0)
     guide = pyro_kr.AutoKR(problem.model, map=args.map, order=["tau", "mu", "theta"])
-    loss = pyro_kr.TransportELBO(pyro_kr.Annealing(steps=int(0.7 * steps)), num_particles=8)
+    loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(steps), num_particles=8)
     history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, lr=1e-2,
                           progress=not args.smoke)
     print(f"final ELBO (mean of last 100 steps): {np.mean(history.elbo[-100:]):.2f}")

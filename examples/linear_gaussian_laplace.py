@@ -26,7 +26,7 @@ def train(problem, y, init_scale, steps: int, seed: int = 0) -> pyro_kr.AutoKR:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     guide = pyro_kr.AutoKR(problem.model, map="affine", init_scale=init_scale)
-    loss = pyro_kr.TransportELBO(pyro_kr.Annealing(steps=max(int(0.7 * steps), 1)),
+    loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(steps),
                                  num_particles=8)
     pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, lr=1e-2, progress=False)
     return guide

@@ -151,3 +151,17 @@ def test_schedule_validation():
         LinearSchedule(1.0, 0.0, -2)
     with pytest.raises(ValueError, match="ConstantSchedule"):
         GeometricSchedule(1.0, math.inf, 3)
+
+
+def test_over_ramps_over_the_default_share_of_the_budget():
+    from pyro_kr.objective.schedules import DEFAULT_EPS, DEFAULT_LAM, RAMP_FRACTION
+
+    a = Annealing.over(1000)
+    assert a.steps == int(RAMP_FRACTION * 1000) == 700
+    assert a.values(0) == (DEFAULT_EPS[0], DEFAULT_LAM[0])
+    assert a.values(700) == pytest.approx((DEFAULT_EPS[1], DEFAULT_LAM[1]))
+    assert a.values(1000) == a.values(700)  # held afterwards
+    assert Annealing.over(1).steps == 1  # never an empty ramp
+    assert Annealing.over(10, fraction=0.5, eps=(0.1, 0.01)).values(5)[0] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        Annealing.over(10, fraction=0.0)

@@ -152,9 +152,9 @@ def _resolve_schedule(schedule, steps: int, mode: str):
             )
         return None
     if schedule == "default" and mode == "hybrid":  # refine: the cost starts small
-        return Annealing(eps=(1e-2, 1e-3), lam=(1e2, 1e4), steps=max(steps // 2, 1))
+        return Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4))
     if schedule == "default":
-        return Annealing(steps=max(steps // 2, 1))
+        return Annealing.over(steps)
     if schedule is not None and not isinstance(schedule, Annealing):
         raise TypeError(
             f"schedule must be a pyro_kr.Annealing, 'default' or None, got {schedule!r}"
@@ -209,8 +209,9 @@ def fit_amortized(
             :class:`~pyro_kr.SimulationBank` from :func:`pyro_kr.simulate`: one written with
             ``path=`` is streamed shard by shard (it may exceed memory), with a seeded
             validation share of every shard.
-        schedule: reverse mode's :class:`~pyro_kr.Annealing`; ``"default"`` anneals over the
-            first half of the steps, ``None`` is the plain amortized ELBO.
+        schedule: reverse mode's :class:`~pyro_kr.Annealing`; ``"default"`` is
+            ``Annealing.over(steps)`` (the default ramps over the library's default share of
+            the steps, ``RAMP_FRACTION`` = 70 %), ``None`` is the plain amortized ELBO.
         lr, optim: Adam learning rate (default 1e-2 as in :func:`pyro_kr.fit`) or an optimizer.
         validation_fraction: share of the forward-mode simulations held out for validation.
         validate_every: forward mode evaluates the validation loss every this many steps.
@@ -226,7 +227,7 @@ def fit_amortized(
             times per reverse step.
         reverse_steps: ``mode="hybrid"``: reverse steps after the ``steps`` forward steps
             (default ``steps // 2``); ``schedule`` then applies to this phase (``"default"``:
-            ``eps`` 1e-2 -> 1e-3 and ``lam`` 1e2 -> 1e4 over its first half, so the transport
+            ``eps`` 1e-2 -> 1e-3 and ``lam`` 1e2 -> 1e4 over 70 % of it, so the transport
             cost only regularizes the refinement).
         reverse_lr, reverse_optim: initial learning rate (default: a tenth of the forward one,
             1e-3 with the default ``lr``; ``ClippedAdam`` decaying it 10x over the phase) or

@@ -37,6 +37,7 @@ import numpy as np
 import pyro
 import torch
 
+from pyro_kr.objective.schedules import RAMP_FRACTION
 from pyro_kr.traces import draws_plate, plate_depth, vectorize_or_loop
 
 LR = 1e-2
@@ -306,8 +307,9 @@ def _nuts(
 LAPLACE_LR = 1e-3
 """Adam learning rate of the ``autokr_*_laplace`` methods (the others use ``LR``)."""
 
-AUTOKR_RAMP = 0.7
-"""Fraction of the step budget over which ``autokr_*`` anneal ``(eps, lam)`` (then hold)."""
+AUTOKR_RAMP = RAMP_FRACTION
+"""Fraction of the step budget over which ``autokr_*`` anneal ``(eps, lam)`` (then hold): the
+library's one default, :data:`pyro_kr.objective.schedules.RAMP_FRACTION`."""
 
 
 def _autokr_method(
@@ -330,10 +332,8 @@ def _autokr_method(
             guide = pyro_kr.AutoKR(
                 problem.model, map=map_kind, init_scale=init_scale, order=order
             )
-            # default (eps, lam) ramps: pyro_kr.objective.schedules.DEFAULT_EPS / DEFAULT_LAM
-            schedule = (
-                pyro_kr.Annealing(steps=max(int(AUTOKR_RAMP * steps), 1)) if annealed else None
-            )
+            # the default (eps, lam) ramps over the default share of the budget
+            schedule = pyro_kr.Annealing.over(steps) if annealed else None
             loss = pyro_kr.TransportELBO(
                 schedule, num_particles=particles, vectorize_particles=particles > 1
             )

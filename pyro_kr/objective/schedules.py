@@ -19,6 +19,7 @@ __all__ = [
     "Schedule",
     "DEFAULT_EPS",
     "DEFAULT_LAM",
+    "RAMP_FRACTION",
 ]
 
 # Defaults checked by the sweep in benchmarks/schedules.py (results in
@@ -28,6 +29,11 @@ __all__ = [
 # plain ELBO) beat these by more than the seed-to-seed spread, so they were kept.
 DEFAULT_EPS = (1.0, 1e-3)
 DEFAULT_LAM = (1.0, 1e4)
+#: The one default ramp length: anneal over this fraction of the training steps, then hold the
+#: end values (:meth:`Annealing.over`; used by the bench's AutoKR methods and by
+#: ``fit_amortized(schedule="default")``). The sweep above found ramps of 30-100 % of the
+#: budget equal within the seed-to-seed spread.
+RAMP_FRACTION = 0.7
 
 
 def _check_steps(steps: int) -> int:
@@ -175,7 +181,9 @@ class Annealing:
         eps: ``(start, end)`` with ``1 >= start >= end > 0``, a constant, or a :class:`Schedule`.
         lam: ``(start, end)`` with ``0 < start <= end``, a constant (``math.inf`` gives the plain
             ELBO), or a :class:`Schedule`.
-        steps: length of the ramp; both values hold their ``end`` afterwards.
+        steps: length of the ramp; both values hold their ``end`` afterwards. The default
+            (1000) is for use without a known budget; :meth:`over` sets the ramp from the
+            number of training steps (the library's default rule, :data:`RAMP_FRACTION`).
         kind: ``"geometric"`` (default), ``"linear"`` or ``"cosine"`` for pairs.
 
     Example:
@@ -210,6 +218,27 @@ class Annealing:
             raise ValueError(f"lam must be > 0, got start={l0}, end={l1}")
         if l1 < l0:
             raise ValueError(f"lam must not decrease: end={l1} < start={l0}; anneal towards inf")
+
+    @classmethod
+    def over(
+        cls,
+        total_steps: int,
+        *,
+        fraction: float = RAMP_FRACTION,
+        eps: float | tuple[float, float] | Schedule = DEFAULT_EPS,
+        lam: float | tuple[float, float] | Schedule = DEFAULT_LAM,
+        kind: str = "geometric",
+    ) -> Annealing:
+        """Ramp over ``fraction`` of ``total_steps`` training steps (at least one), then hold.
+
+        Example:
+            >>> Annealing.over(1000).steps
+            700
+        """
+        _check_steps(total_steps)
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}")
+        return cls(eps, lam, steps=max(int(fraction * total_steps), 1), kind=kind)
 
     def values(self, step: int) -> tuple[float, float]:
         """``(eps, lam)`` at ``step``, a pure function of the step."""

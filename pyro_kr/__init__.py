@@ -11,6 +11,7 @@ from pyro_kr.amortized import AmortizedKR, fit_amortized
 from pyro_kr.fit import History, NonFiniteLossError, fit
 from pyro_kr.flow_matching import COTFlowMatching
 from pyro_kr.guides import AutoKR
+from pyro_kr.history import TrainingHistory
 from pyro_kr.objective import Annealing, TransportELBO
 from pyro_kr.posterior_protocol import AmortizedPosterior, FixedObservation
 from pyro_kr.simulation import SimulationBank, simulate
@@ -34,6 +35,7 @@ __all__ = [
     "History",
     "NonFiniteLossError",
     "SimulationBank",
+    "TrainingHistory",
     "TransportELBO",
     "fit",
     "fit_amortized",

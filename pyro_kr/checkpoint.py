@@ -13,12 +13,43 @@ import torch
 from pyro_kr._atomic import atomic_path
 
 __all__ = [
+    "CHECKPOINT_FRACTION",
     "atomic_save",
     "check_writable",
+    "checkpoint_interval",
     "get_rng_state",
     "load_checkpoint",
     "set_rng_state",
 ]
+
+
+#: Default checkpoint interval of every training loop: this fraction of the steps.
+CHECKPOINT_FRACTION = 0.1
+
+
+def checkpoint_interval(checkpoint_every: int | None, steps: int) -> int:
+    """Steps between checkpoints: ``checkpoint_every``, or by default 10 % of ``steps``.
+
+    The one default of :func:`pyro_kr.fit`, :func:`pyro_kr.amortized.fit_amortized` and
+    :meth:`pyro_kr.flow_matching.COTFlowMatching.fit`, so an interrupt loses at most a tenth
+    of the run (checkpoints resume exactly, so the interval never changes a result).
+
+    Example:
+        >>> checkpoint_interval(None, 1000), checkpoint_interval(None, 5)
+        (100, 1)
+        >>> checkpoint_interval(7, 50)
+        7
+    """
+    if checkpoint_every is None:
+        return max(int(CHECKPOINT_FRACTION * steps), 1)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or (
+        checkpoint_every < 1
+    ):
+        raise ValueError(
+            f"checkpoint_every must be >= 1 (or None: 10 % of the steps), got "
+            f"{checkpoint_every!r}"
+        )
+    return checkpoint_every
 
 
 def check_writable(path: str | os.PathLike) -> None:

@@ -21,10 +21,12 @@ from pyro_kr._validation import check_observed
 from pyro_kr.checkpoint import (
     atomic_save,
     check_writable,
+    checkpoint_interval,
     get_rng_state,
     load_checkpoint,
     set_rng_state,
 )
+from pyro_kr.history import TrainingHistory
 from pyro_kr.traces import guess_plate_nesting
 
 __all__ = ["History", "NonFiniteLossError", "fit"]
@@ -35,33 +37,27 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class History:
-    """Per-step training record (lists of floats, one entry per step)."""
+class History(TrainingHistory):
+    """:class:`~pyro_kr.history.TrainingHistory` of :func:`fit`: per-step loss, ELBO and schedule.
 
-    loss: list[float] = field(default_factory=list)
+    Attributes:
+        loss: the loss of every step (for :class:`~pyro_kr.TransportELBO` the annealed
+            objective, else ``-ELBO``).
+        elbo: the ELBO of every step.
+        eps, lam: the schedule's values at every step (``nan`` / ``inf`` without one).
+        seconds: wall time of the training loop.
+    """
+
     elbo: list[float] = field(default_factory=list)
     eps: list[float] = field(default_factory=list)
     lam: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def steps(self) -> int:
-        return len(self.loss)
 
     def append(self, record: dict[str, float]) -> None:
+        """Record one step (``record`` has ``loss`` and optionally ``elbo``, ``eps``, ``lam``)."""
         self.loss.append(record["loss"])
         self.elbo.append(record.get("elbo", -record["loss"]))
         self.eps.append(record.get("eps", math.nan))
         self.lam.append(record.get("lam", math.inf))
-
-    def state_dict(self) -> dict:
-        return {k: list(v) for k, v in vars(self).items() if isinstance(v, list)} | {
-            "seconds": self.seconds
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> History:
-        return cls(**state)
 
 
 def _snapshot() -> dict[str, torch.Tensor]:
@@ -219,7 +215,7 @@ def fit(
     optim: PyroOptim | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 100,
+    checkpoint_every: int | None = None,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     check: bool = True,
     **kwargs,
@@ -237,7 +233,8 @@ def fit(
             plain line every 10% of the steps).
         checkpoint: path of a checkpoint file. If it exists the run resumes from it exactly
             (parameters, optimizer, schedule and RNG state); it is rewritten atomically every
-            ``checkpoint_every`` steps and at the end, so an interrupt loses at most that many.
+            ``checkpoint_every`` steps (default: 10 % of ``steps``) and at the end, so an
+            interrupt loses at most that many.
         callback: ``callback(step, record)`` after each step; returning ``True`` stops early.
         check: after training, check the guide against its model and prior (500 vectorized
             draws each; :func:`pyro_kr.diagnostics.stall.check_fit`) and warn
@@ -266,8 +263,7 @@ def fit(
             f"steps must be a positive int, got {steps!r}; steps=0 would return the guide "
             "untrained"
         )
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    checkpoint_every = checkpoint_interval(checkpoint_every, steps)
     loss = Trace_ELBO() if loss is None else loss
     particles = getattr(loss, "num_particles", 1)
     if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:

@@ -8,6 +8,7 @@ shapes, and the exact posterior mean (within 0.1 sd) and sd (within 10%).
 
 from __future__ import annotations
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -138,3 +139,47 @@ def test_to_inference_data_takes_the_protocol_adapter_and_refuses_non_guides(est
     elif name == "AutoKR":
         idata = to_inference_data(est, linear_gaussian, y=Y_OBS, num_samples=10)
         assert idata.posterior["z"].shape[:2] == (1, 10)
+
+
+def test_histories_share_one_base_and_checkpoint_default():
+    """fit, fit_amortized and COTFlowMatching.fit return TrainingHistory subclasses and share
+    the argument names and the checkpoint default (10 % of the steps)."""
+    import inspect
+
+    from pyro_kr.amortized import AmortizedHistory
+    from pyro_kr.flow_matching import FlowMatchingHistory
+    from pyro_kr.history import TrainingHistory
+
+    for cls in (pyro_kr.History, AmortizedHistory, FlowMatchingHistory):
+        assert issubclass(cls, TrainingHistory)
+        h = cls(loss=[2.0, 1.0])
+        assert h.steps == 2 and h.final_loss == 1.0 and h.seconds == 0.0
+    fits = (pyro_kr.fit, pyro_kr.fit_amortized, pyro_kr.COTFlowMatching.fit)
+    for fn in fits:
+        params = inspect.signature(fn).parameters
+        for name in ("steps", "lr", "progress", "checkpoint", "checkpoint_every"):
+            assert name in params, (fn.__qualname__, name)
+        assert params["checkpoint_every"].default is None
+    for fn in fits[1:]:
+        assert "seed" in inspect.signature(fn).parameters
+
+
+def test_fit_amortized_simulation_seed_is_deprecated_for_seed():
+    def model(y=None):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        return pyro.sample("y", dist.Normal(z, 0.5), obs=y)
+
+    runs = []
+    for kwargs in ({"seed": 3}, {"simulation_seed": 3}):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = pyro_kr.AmortizedKR(model, observed="y")
+        if "simulation_seed" in kwargs:
+            with pytest.warns(DeprecationWarning, match="pass seed="):
+                h = pyro_kr.fit_amortized(model, guide, mode="forward", steps=3,
+                                          num_simulations=64, progress=False, **kwargs)
+        else:
+            h = pyro_kr.fit_amortized(model, guide, mode="forward", steps=3,
+                                      num_simulations=64, progress=False, **kwargs)
+        runs.append(h.loss)
+    assert runs[0] == runs[1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -177,7 +178,8 @@ def fit_amortized(
     validation_fraction: float = 0.1,
     validate_every: int = 100,
     patience: int = 10,
-    simulation_seed: int = 0,
+    seed: int = 0,
+    simulation_seed: int | None = None,
     objective: str = "elbo",
     num_particles: int | None = None,
     reverse_steps: int | None = None,
@@ -185,7 +187,7 @@ def fit_amortized(
     reverse_optim: PyroOptim | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 100,
+    checkpoint_every: int | None = None,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     **kwargs,
 ) -> AmortizedHistory:
@@ -217,8 +219,10 @@ def fit_amortized(
         validate_every: forward mode evaluates the validation loss every this many steps.
         patience: forward mode stops after this many checks without improvement and keeps the
             best parameters.
-        simulation_seed: seed of the forward-mode simulations and split (so a resumed run sees
+        seed: seed of the forward-mode simulations and split (so a resumed run sees
             the same data).
+        simulation_seed: deprecated name of ``seed`` (a ``DeprecationWarning``; removed
+            in the next release).
         objective: reverse (and hybrid) objective: ``"elbo"`` (amortized ELBO) or ``"iwae"``
             (the importance-weighted bound per dataset, :class:`ImportanceWeightedELBO`: less
             mode-seeking, so less overconfident where the network misplaces ``q``).
@@ -274,6 +278,14 @@ def fit_amortized(
                 "mode='hybrid' does not checkpoint its two phases; run mode='forward' and then "
                 "mode='reverse' on the same guide, each with its own checkpoint"
             )
+    if simulation_seed is not None:
+        warnings.warn(
+            "fit_amortized(simulation_seed=...) is deprecated: pass seed=... (the same name as "
+            "in COTFlowMatching.fit); simulation_seed will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        seed = simulation_seed
     schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode)
     guide._ensure_setup(*args, **kwargs)
     common = dict(
@@ -286,7 +298,7 @@ def fit_amortized(
     forward = _fit_forward(
         model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
         simulations=simulations, validation_fraction=validation_fraction,
-        validate_every=validate_every, patience=patience, simulation_seed=simulation_seed,
+        validate_every=validate_every, patience=patience, seed=seed,
         callback=callback, common=common,
     )
     if mode == "forward":
@@ -379,7 +391,7 @@ def _streamed_loss(guide, bank, batch_size, validation_fraction, seed, checkpoin
 
 
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
-                 validation_fraction, validate_every, patience, simulation_seed, callback,
+                 validation_fraction, validate_every, patience, seed, callback,
                  common) -> AmortizedHistory:
     bank = simulations if isinstance(simulations, SimulationBank) else None
     if bank is not None:  # pyro_kr.simulate's bank: in memory, or shards streamed from disk
@@ -398,20 +410,20 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
     if bank is not None and bank.path is not None:
         loss, val_latent, val_data, ref = _streamed_loss(
-            guide, bank, batch_size, validation_fraction, simulation_seed, common["checkpoint"]
+            guide, bank, batch_size, validation_fraction, seed, common["checkpoint"]
         )
         n_val = len(val_latent)
     else:
         latent_shapes = {n: guide.prototype_trace.nodes[n]["value"].shape for n in guide.order}
         sims = simulations if simulations is not None else simulate_pairs(
             model, args, kwargs, {**latent_shapes, **guide.layout.shapes}, num_simulations,
-            depth=guide.plate_depth, seed=simulation_seed,
+            depth=guide.plate_depth, seed=seed,
         )
         ref = guide._reference_like()
         with torch.no_grad():
             latent = guide.pack({n: sims[n].to(ref) for n in guide.order}).detach()
         data = {n: sims[n].to(ref) for n in guide.observed}
-        gen = torch.Generator().manual_seed(simulation_seed)
+        gen = torch.Generator().manual_seed(seed)
         perm = torch.randperm(num_simulations, generator=gen).to(ref.device)
         n_val = max(1, int(round(validation_fraction * num_simulations)))
         val, train = perm[:n_val], perm[n_val:]

@@ -27,6 +27,7 @@ from pyro_kr.flow_matching.couplings import (
 )
 from pyro_kr.flow_matching.ode import rk4_flow
 from pyro_kr.flow_matching.velocity import call_velocity
+from pyro_kr.history import TrainingHistory
 from pyro_kr.metrics import w2
 
 __all__ = [
@@ -145,14 +146,15 @@ class _WeightAverage:
 
 
 @dataclass
-class FlowMatchingHistory:
-    """Per-step losses, validation W2 (``(step, w2)`` pairs), best step and timings.
+class FlowMatchingHistory(TrainingHistory):
+    """:class:`~pyro_kr.history.TrainingHistory` of :meth:`COTFlowMatching.fit`.
 
+    Per-step losses (``loss``), validation W2 (``(step, w2)`` pairs), best step and timings.
     ``coupling_seconds`` is the time spent on full plans (the first one and every refresh);
-    ``train_seconds`` the time of the optimisation loop without the refreshes.
+    ``train_seconds`` the time of the optimisation loop without the refreshes; ``seconds``
+    their sum (the run's wall time, as in every history).
     """
 
-    loss: list[float] = field(default_factory=list)
     val_w2: list[tuple[int, float]] = field(default_factory=list)
     best_step: int | None = None
     best_w2: float = float("inf")
@@ -387,6 +389,7 @@ def train_flow_matching(
         bar.update(1)
     bar.close()
     history.train_seconds += time.perf_counter() - began
+    history.seconds = history.train_seconds + history.coupling_seconds
     if best_state is not None:
         owner.load_state_dict(best_state)
     elif average is not None:

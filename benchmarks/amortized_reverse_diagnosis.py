@@ -50,7 +50,7 @@ def log_joint(problem, guide, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def per_dataset(problem, guide, y: torch.Tensor, particles: int, grad_draws: int):
     post = guide.posterior(y)  # batch (B,)
-    params = [p for p in guide._parts[0].parameters() if p.requires_grad]
+    params = [p for p in guide.networks().parameters() if p.requires_grad]
     z = post.rsample((grad_draws,))  # (M, B, d)
     log_q = post.log_prob(z)
     loss = -(log_joint(problem, guide, z, y) - log_q).mean(0)  # (B,) -ELBO per dataset

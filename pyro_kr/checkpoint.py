@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyro
 import torch
 
 from pyro_kr._atomic import atomic_path
@@ -19,7 +20,9 @@ __all__ = [
     "checkpoint_interval",
     "get_rng_state",
     "load_checkpoint",
+    "restore_params",
     "set_rng_state",
+    "snapshot_params",
 ]
 
 
@@ -110,3 +113,38 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def snapshot_params() -> dict[str, torch.Tensor]:
+    """Detached copies of every parameter in Pyro's param store (unconstrained values)."""
+    store = pyro.get_param_store()
+    return {name: p.detach().clone() for name, p in store.named_parameters()}
+
+
+def restore_params(snapshot: dict[str, torch.Tensor], *, strict: bool = False) -> None:
+    """Copy saved unconstrained values into the live parameters, in place.
+
+    In place matters: modules (e.g. a guide's transforms) hold the same tensor objects as the
+    param store, and replacing the store's tensors would silently detach them.
+    """
+    params = dict(pyro.get_param_store().named_parameters())
+    missing = sorted(set(snapshot) - set(params))
+    if strict and missing:
+        raise RuntimeError(
+            f"checkpoint has parameters {missing} that the model and guide do not create; "
+            "was it written by a different model or guide?"
+        )
+    mismatched = [
+        f"{name}: checkpoint {tuple(snapshot[name].shape)}, now {tuple(p.shape)}"
+        for name, p in params.items()
+        if name in snapshot and snapshot[name].shape != p.shape
+    ]
+    if strict and mismatched:
+        raise RuntimeError(
+            f"checkpoint parameters have other shapes than the model and guide create "
+            f"({'; '.join(mismatched)}); was it written by a different model or guide?"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            if name in snapshot:
+                p.copy_(snapshot[name])

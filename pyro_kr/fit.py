@@ -24,7 +24,9 @@ from pyro_kr.checkpoint import (
     checkpoint_interval,
     get_rng_state,
     load_checkpoint,
+    restore_params,
     set_rng_state,
+    snapshot_params,
 )
 from pyro_kr.history import TrainingHistory
 from pyro_kr.traces import guess_plate_nesting
@@ -60,11 +62,6 @@ class History(TrainingHistory):
         self.lam.append(record.get("lam", math.inf))
 
 
-def _snapshot() -> dict[str, torch.Tensor]:
-    store = pyro.get_param_store()
-    return {name: p.detach().clone() for name, p in store.named_parameters()}
-
-
 def _non_finite_params() -> list[str]:
     """Names of param-store parameters holding NaN or inf (empty when all are finite)."""
     return [
@@ -72,35 +69,6 @@ def _non_finite_params() -> list[str]:
         for name, p in pyro.get_param_store().named_parameters()
         if not bool(torch.isfinite(p).all())
     ]
-
-
-def _restore(snapshot: dict[str, torch.Tensor], *, strict: bool = False) -> None:
-    """Copy saved unconstrained values into the live parameters, in place.
-
-    In place matters: modules (e.g. a guide's transforms) hold the same tensor objects as the
-    param store, and replacing the store's tensors would silently detach them.
-    """
-    params = dict(pyro.get_param_store().named_parameters())
-    missing = sorted(set(snapshot) - set(params))
-    if strict and missing:
-        raise RuntimeError(
-            f"checkpoint has parameters {missing} that the model and guide do not create; "
-            "was it written by a different model or guide?"
-        )
-    mismatched = [
-        f"{name}: checkpoint {tuple(snapshot[name].shape)}, now {tuple(p.shape)}"
-        for name, p in params.items()
-        if name in snapshot and snapshot[name].shape != p.shape
-    ]
-    if strict and mismatched:
-        raise RuntimeError(
-            f"checkpoint parameters have other shapes than the model and guide create "
-            f"({'; '.join(mismatched)}); was it written by a different model or guide?"
-        )
-    with torch.no_grad():
-        for name, p in params.items():
-            if name in snapshot:
-                p.copy_(snapshot[name])
 
 
 def _record(loss, value: float) -> dict[str, float]:
@@ -295,7 +263,7 @@ def fit(
             if getattr(loss, "max_plate_nesting", None) == math.inf:
                 # The uninterrupted run guessed this at step 0, before the RNG state we restore.
                 guess_plate_nesting(loss, model, guide, args, kwargs)
-        _restore(state["params"], strict=True)
+        restore_params(state["params"], strict=True)
         optim.set_state(state["optim"])
         if schedule is not None and state.get("schedule") is not None:
             schedule.load_state_dict(state["schedule"])
@@ -312,7 +280,7 @@ def fit(
         atomic_save(
             {
                 "step": step,
-                "params": _snapshot(),
+                "params": snapshot_params(),
                 "optim": optim.get_state(),
                 "schedule": schedule.state_dict() if schedule is not None else None,
                 "history": history.state_dict(),
@@ -323,7 +291,7 @@ def fit(
 
     bar = _progress_bar(progress and distributed.is_main(), steps, start)
     began = time.perf_counter() - history.seconds
-    snapshot = _snapshot()
+    snapshot = snapshot_params()
     try:
         for step in range(start, steps):
             with quiet_plate_guess():
@@ -334,14 +302,14 @@ def fit(
             # into the parameters: check both, so the next step does not fail obscurely.
             bad = "loss" if not math.isfinite(value) else _non_finite_params()
             if bad:
-                _restore(snapshot)
+                restore_params(snapshot)
                 what = f"loss is {value}" if bad == "loss" else f"parameters {bad} became NaN/inf"
                 raise NonFiniteLossError(
                     f"{what} at step {step}; parameters restored to their values "
                     "before that step. Lower the learning rate, check the model for invalid "
                     "values, or start the schedule with a smaller lam."
                 )
-            snapshot = _snapshot()
+            snapshot = snapshot_params()
             record = _record(loss, value)
             if parallel:
                 record["loss"] = value

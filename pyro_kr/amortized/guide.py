@@ -199,6 +199,32 @@ class AmortizedKR(PackedKRGuide):
             kwargs = {**kwargs, **{n: trace.nodes[n]["value"] for n in missing}}
         self._setup_prototype(*args, **kwargs)
 
+    # -- the pieces other modules use (sampler, training, simulation streams) -----------------
+    def setup(self, *args, **kwargs) -> None:
+        """Build the guide's structure and networks from one trace of the model (idempotent).
+
+        ``*args, **kwargs`` are the model's arguments; observed sites given no data are
+        simulated once from the prior predictive.
+        """
+        self._ensure_setup(*args, **kwargs)
+
+    def reference_like(self) -> torch.Tensor:
+        """A parameter tensor of the guide: its dtype and device are the guide's."""
+        return self._reference_like()
+
+    def networks(self) -> nn.ModuleDict:
+        """The embedding and maps (``{"embedding", "maps"}``) holding the param store's values."""
+        self._register()
+        return self._parts[0]
+
+    def as_data(self, y: Data) -> dict[str, torch.Tensor]:
+        """Observations as ``name -> tensor`` (a tensor is the single observed site's data)."""
+        return self._as_data(y)
+
+    def embed(self, embedding: nn.Module, data: dict[str, torch.Tensor], batch: torch.Size):
+        """Apply ``embedding`` (this guide's or a copy) to data of batch shape ``batch``."""
+        return self._embed(embedding, data, batch)
+
     # -- data and context --------------------------------------------------------------------
     def _reference_like(self) -> torch.Tensor:
         return self._parts[3]

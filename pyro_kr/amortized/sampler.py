@@ -50,9 +50,8 @@ class PosteriorSampler:
             )
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-        guide._register()  # the networks now hold the param store's current values
-        nets = copy.deepcopy(guide._parts[0])
-        reference = guide._reference_like()
+        nets = copy.deepcopy(guide.networks())  # the param store's current values
+        reference = guide.reference_like()
         device = reference.device if device is None else torch.device(device)
         nets = nets.to(dtype=dtype, device=device).eval().requires_grad_(False)
         self._guide, self._embedding, self._maps = guide, nets["embedding"], nets["maps"]
@@ -61,9 +60,9 @@ class PosteriorSampler:
 
     def _context(self, y) -> tuple[torch.Tensor, torch.Size]:
         guide = self._guide
-        data = guide._as_data(y)
+        data = guide.as_data(y)
         data, batch = guide.layout.check(type(self).__name__, data, self._reference)
-        context = guide._embed(self._embedding, data, batch)
+        context = guide.embed(self._embedding, data, batch)
         return context, batch
 
     @torch.no_grad()
@@ -80,4 +79,4 @@ class PosteriorSampler:
     def sample(self, y, num_samples: int) -> dict[str, torch.Tensor]:
         """``num_samples`` draws per observation: name -> ``(num_samples, *batch, *shape)``."""
         post = self.posterior(y)
-        return self._guide._constrain(post.sample((num_samples,)))
+        return self._guide.unpack(post.sample((num_samples,)))

@@ -33,8 +33,8 @@ from pyro_kr import distributed
 from pyro_kr._validation import check_dim
 from pyro_kr.amortized.guide import AmortizedKR
 from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO
-from pyro_kr.checkpoint import load_checkpoint
-from pyro_kr.fit import History, _restore, _snapshot, fit
+from pyro_kr.checkpoint import load_checkpoint, restore_params, snapshot_params
+from pyro_kr.fit import History, fit
 from pyro_kr.objective import Annealing, TransportELBO
 from pyro_kr.simulation.bank import SimulationBank
 from pyro_kr.simulation.stream import ShardStream, StreamingForwardLoss
@@ -287,7 +287,7 @@ def fit_amortized(
         )
         seed = simulation_seed
     schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode)
-    guide._ensure_setup(*args, **kwargs)
+    guide.setup(*args, **kwargs)
     common = dict(
         steps=steps, lr=lr, optim=optim, progress=progress, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
@@ -387,7 +387,7 @@ def _streamed_loss(guide, bank, batch_size, validation_fraction, seed, checkpoin
         start = int(load_checkpoint(checkpoint)["step"])
     loss = StreamingForwardLoss(guide, stream, start=start)
     val_latent, val_data = loss.validation()
-    return loss, val_latent, val_data, guide._reference_like()
+    return loss, val_latent, val_data, guide.reference_like()
 
 
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
@@ -419,7 +419,7 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
             model, args, kwargs, {**latent_shapes, **guide.layout.shapes}, num_simulations,
             depth=guide.plate_depth, seed=seed,
         )
-        ref = guide._reference_like()
+        ref = guide.reference_like()
         with torch.no_grad():
             latent = guide.pack({n: sims[n].to(ref) for n in guide.order}).detach()
         data = {n: sims[n].to(ref) for n in guide.observed}
@@ -441,7 +441,7 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         record.val_step.append(step + 1)
         record.val_loss.append(value)
         if value < state["best"]:
-            state.update(best=value, best_params=_snapshot(), bad=0)
+            state.update(best=value, best_params=snapshot_params(), bad=0)
             record.best_step = step + 1
         else:
             state["bad"] += 1
@@ -455,11 +455,11 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         return stop
 
     def register(*a, **k) -> None:
-        guide._register()
+        guide.networks()  # point the networks at the param store's values
 
     history = fit(_noop, register, loss=loss, callback=check, **common)
     if state["best_params"] is not None and record.val_loss[-1] > state["best"]:
-        _restore(state["best_params"])
+        restore_params(state["best_params"])
     out = AmortizedHistory(**history.state_dict(), mode="forward")
     out.simulations = num_simulations
     out.val_step, out.val_loss = record.val_step, record.val_loss

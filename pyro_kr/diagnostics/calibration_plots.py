@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pyro_kr.diagnostics.calibration import CoverageResult, SBCResult
-from pyro_kr.diagnostics.plots import _figure, _finish
+from pyro_kr.diagnostics.plots import new_figure, save_figure
 
 __all__ = ["coverage_plot", "sbc_plot"]
 
@@ -51,7 +51,7 @@ def sbc_plot(
 
     n, d = result.ranks.shape
     rows, cols = _grid(d)
-    fig = _figure(3.0 * cols, 2.4 * rows)
+    fig = new_figure(3.0 * cols, 2.4 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     z = stats.norm.ppf(0.5 + band / 2)
     for j, ax in enumerate(axes):
@@ -82,7 +82,7 @@ def sbc_plot(
             ax.set_xlabel("normalized rank")
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=7)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def coverage_plot(result: CoverageResult, *, path: str | Path | None = None):
@@ -98,7 +98,7 @@ def coverage_plot(result: CoverageResult, *, path: str | Path | None = None):
         >>> len(coverage_plot(r).axes)
         1
     """
-    fig = _figure(4.2, 4.0)
+    fig = new_figure(4.2, 4.0)
     ax = fig.subplots()
     lv = result.levels
     half = 2 * np.sqrt(lv * (1 - lv) / result.num_datasets)
@@ -112,4 +112,4 @@ def coverage_plot(result: CoverageResult, *, path: str | Path | None = None):
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=1 + len(result.names) // 8)
-    return _finish(fig, path)
+    return save_figure(fig, path)

@@ -21,13 +21,15 @@ from pyro_kr.metrics._inputs import Draws, as_draws, flatten_names
 _REFERENCE_COLOR = "0.25"
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A constrained-layout matplotlib ``Figure`` (no pyplot state) of the given size."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _finish(fig, path: str | Path | None):
+def save_figure(fig, path: str | Path | None):
+    """Save ``fig`` to ``path`` (folders created; 110 dpi) unless ``path`` is None; return it."""
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ def pair_plot(
     k = min(x[0].shape[1], max_dims)
     sets = [(_thin(a[:, :k], max_points, seed), c, lab) for a, c, lab in zip(
         x, ("C0", _REFERENCE_COLOR), (label, reference_label), strict=False) if a is not None]
-    fig = _figure(2.2 * k + 0.6, 2.2 * k + 0.3)
+    fig = new_figure(2.2 * k + 0.6, 2.2 * k + 0.3)
     axes = fig.subplots(k, k, squeeze=False)
     for i in range(k):
         for j in range(k):
@@ -130,7 +132,7 @@ def pair_plot(
             if j == 0 and i > 0:
                 ax.set_ylabel(labels[i])
     axes[0, 0].legend(fontsize="small", loc="upper right")
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def _array_pair(owner, draws, reference, order):
@@ -192,7 +194,7 @@ def marginal_plot(
     k = min(d, max_dims)
     cols = min(columns, k)
     rows = math.ceil(k / cols)
-    fig = _figure(3.0 * cols, 2.4 * rows)
+    fig = new_figure(3.0 * cols, 2.4 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for i in range(k):
         ax = axes[i]
@@ -208,7 +210,7 @@ def marginal_plot(
     for ax in axes[k:]:
         ax.set_axis_off()
     axes[0].legend(fontsize="small")
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def _series(obj: Any, key: str | None = None) -> tuple[str, np.ndarray]:
@@ -256,7 +258,7 @@ def loss_plot(
         'step'
     """
     runs = dict(history) if isinstance(history, Mapping) else {"": history}
-    fig = _figure(6.0, 3.6)
+    fig = new_figure(6.0, 3.6)
     ax = fig.subplots()
     lows, highs, ylabel = [], [], "loss"
     for c, (lab, run) in enumerate(runs.items()):
@@ -281,7 +283,7 @@ def loss_plot(
     ax.set_ylabel(ylabel)
     if len(runs) > 1:
         ax.legend(fontsize="small")
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def metrics_plot(
@@ -325,7 +327,7 @@ def metrics_plot(
                 floors[m] = float(np.mean(found))
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
-    fig = _figure(max(3.2, 0.6 * len(methods) + 1.6) * cols, 3.0 * rows)
+    fig = new_figure(max(3.2, 0.6 * len(methods) + 1.6) * cols, 3.0 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, m in zip(axes, metrics, strict=False):
         values = [float(results[k].get(m, np.nan)) for k in methods]
@@ -340,4 +342,4 @@ def metrics_plot(
             ax.set_yscale("log")
     for ax in axes[len(metrics):]:
         ax.set_axis_off()
-    return _finish(fig, path)
+    return save_figure(fig, path)

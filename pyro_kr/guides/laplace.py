@@ -38,10 +38,11 @@ def packed_log_density(guide, z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     conditioned on the unpacked values, so nothing leaks into an enclosing trace.
     """
     values, log_jacobian = {}, z.new_zeros(())
+    shapes = guide.unconstrained_shapes
     for name, block in guide.site_slices().items():
         site = guide.prototype_trace.nodes[name]
         transform = biject_to(site["fn"].support)
-        u = z[block].reshape(guide._unconstrained_shapes[name])
+        u = z[block].reshape(shapes[name])
         x = transform(u)
         values[name] = x
         log_jacobian = log_jacobian + transform.log_abs_det_jacobian(u, x).sum()

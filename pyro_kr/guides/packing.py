@@ -112,6 +112,22 @@ class PackedKRGuide(AutoContinuous):
             pos += size
         return out
 
+    @property
+    def unconstrained_shapes(self) -> OrderedDict[str, torch.Size]:
+        """Shape of every site's unconstrained value, in the packing (KR) order."""
+        if self.prototype_trace is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.unconstrained_shapes needs the guide's structure: run "
+                "the guide once (or train it) first"
+            )
+        return OrderedDict(self._unconstrained_shapes)
+
+    def unpack(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Packed unconstrained latents ``(*batch, d)`` -> ``name -> (*batch, *site_shape)``."""
+        if self.prototype_trace is None:
+            raise RuntimeError("unpack needs the guide's structure: run the guide once first")
+        return self._constrain(latent)
+
     def _constrain(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unpack a batch of packed latents ``(*batch, d)`` into constrained site values.
 

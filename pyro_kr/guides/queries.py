@@ -43,7 +43,7 @@ class ConditionalPosterior:
         x = torch.cat([self._x_lead.expand(num_samples, m), rest], dim=-1)
         z = guide.get_transform()(x).clone()
         z[..., :m] = self._z_lead
-        return guide._constrain(z)
+        return guide.unpack(z)
 
 
 class KRQueries:

@@ -18,7 +18,7 @@ from pyro_kr.metrics._inputs import Draws, as_draws, as_pair, generator, subsamp
 from pyro_kr.metrics.c2st import c2st
 from pyro_kr.metrics.mmd import median_bandwidth, mmd2
 from pyro_kr.metrics.moments import moment_errors
-from pyro_kr.metrics.wasserstein import _standardize_by, sliced_w2, w2
+from pyro_kr.metrics.wasserstein import sliced_w2, standardize_by, w2
 
 #: Every metric name :func:`compare` and :func:`noise_floor` understand.
 METRICS = ("w2", "w2_standardized", "sliced_w2", "mmd2", "c2st", "mean_error", "sd_error")
@@ -45,7 +45,7 @@ def _named(name: str, x: torch.Tensor, y: torch.Tensor, stats: _ReferenceStats, 
     if name == "w2":
         return w2(x, y)
     if name == "w2_standardized":
-        xs, ys = _standardize_by(x, y, stats.reference)
+        xs, ys = standardize_by(x, y, stats.reference)
         return w2(xs, ys)
     if name == "sliced_w2":
         return sliced_w2(x, y, seed=seed)

@@ -17,9 +17,14 @@ from pyro_kr._validation import check_dim
 from pyro_kr.metrics._inputs import Draws, as_draws, as_pair, generator
 
 
-def _standardize_by(
+def standardize_by(
     x: torch.Tensor, y: torch.Tensor, reference: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and ``y`` standardized by the mean and sd of ``reference`` ``(n, d)``, per coordinate.
+
+    Raises:
+        ValueError: a coordinate of ``reference`` has zero standard deviation.
+    """
     mean = reference.mean(0)
     sd = reference.std(0)
     if bool((sd <= 0).any()):
@@ -80,7 +85,7 @@ def w2(
                 f"w2 expected reference with {xt.shape[1]} coordinates, got shape "
                 f"{tuple(ref.shape)}"
             )
-        xt, yt = _standardize_by(xt, yt, ref)
+        xt, yt = standardize_by(xt, yt, ref)
     a = torch.full((xt.shape[0],), 1.0 / xt.shape[0], dtype=xt.dtype, device=xt.device)
     b = torch.full((yt.shape[0],), 1.0 / yt.shape[0], dtype=yt.dtype, device=yt.device)
     # exact differences (not |x|^2 + |y|^2 - 2 x.y), so W2(x, x) is exactly 0

@@ -107,7 +107,7 @@ def _resolve(problem_or_model, observation, name: str | None):
 
 
 @contextlib.contextmanager
-def _quiet_pymc(quiet: bool):
+def quiet_pymc(quiet: bool):
     """Silence PyMC's info logging (sampler assignment, timing) when ``quiet``."""
     logger = logging.getLogger("pymc")
     old = logger.level
@@ -123,7 +123,7 @@ def _sample(model, settings: Mapping[str, Any], progressbar: bool):
     """Run PyMC (tests may monkeypatch this). Returns ``(idata, wall seconds)``."""
     import pymc as pm
 
-    with model, _quiet_pymc(not progressbar), warnings.catch_warnings():
+    with model, quiet_pymc(not progressbar), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         extra: dict[str, Any] = {}
         if settings["method"] == "demetropolisz":

@@ -22,7 +22,7 @@ import torch
 
 from pyro_kr._validation import check_dim
 from pyro_kr.reference import _cache, _io
-from pyro_kr.reference.nuts import _quiet_pymc, load_or_build
+from pyro_kr.reference.nuts import load_or_build, quiet_pymc
 
 
 class PyroPotential:
@@ -163,7 +163,7 @@ def _sample_pyro(potential: PyroPotential, settings: dict, progressbar: bool):
     import pymc as pm
 
     op = _logp_op(potential)
-    with pm.Model() as pmodel, _quiet_pymc(not progressbar):
+    with pm.Model() as pmodel, quiet_pymc(not progressbar):
         z = pm.Flat("z", shape=(potential.dim,))
         pm.Potential("pyro_log_density", op(z)[0])
         step = pm.DEMetropolisZ() if settings["method"] == "demetropolisz" else None

@@ -129,7 +129,7 @@ class StreamingForwardLoss:
         self.last: dict[str, float] = {}
 
     def _tensors(self, lat: dict, obs: dict) -> tuple[torch.Tensor, dict]:
-        ref = self.guide._reference_like()
+        ref = self.guide.reference_like()
         with torch.no_grad():
             latent = self.guide.pack({n: lat[n].to(ref) for n in self.guide.order}).detach()
         return latent, {n: obs[n].to(ref) for n in self.guide.observed}

@@ -30,15 +30,16 @@ def _layers(transform: Transform) -> list[Transform]:
 
 def _invert_layer(layer: Transform, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, log|det DT(x)|)`` with ``T(x) = z``, both differentiable in the parameters."""
-    if not hasattr(layer, "_value_and_derivative"):  # affine: exact, differentiable inverse
+    # ``_inverse`` is torch's Transform hook: the inverse without the transform's cache
+    if not hasattr(layer, "value_and_derivative"):  # affine: exact, differentiable inverse
         x = layer._inverse(z)
         return x, layer.log_abs_det_jacobian(x, z)
     with torch.no_grad():
         x = layer._inverse(z.detach())
     for _ in range(z.shape[-1]):
-        value, derivative = layer._value_and_derivative(x)
+        value, derivative = layer.value_and_derivative(x)
         x = x - (value - z) / derivative.detach()
-    _, derivative = layer._value_and_derivative(x)
+    _, derivative = layer.value_and_derivative(x)
     return x, derivative.log().sum(-1)
 
 

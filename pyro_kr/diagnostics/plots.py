@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_kr.metrics._inputs import Draws, as_draws, flatten_names
+from pyro_kr.metrics import Draws, as_draws, flatten_names
 
 _REFERENCE_COLOR = "0.25"
 

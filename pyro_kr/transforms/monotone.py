@@ -121,13 +121,14 @@ class _MonotoneTriangularMap(ParameterAwareCache, Transform):
         context = self._context.expand(batch + self._context.shape[-1:])
         return x.expand(batch + x.shape[-1:]), context
 
-    def _value_and_derivative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_and_derivative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(T(x), diag DT(x))``, both ``(..., d)`` and differentiable in the parameters."""
         x, context = self._broadcast(x)
         return self._params_fn(x, context).value_and_derivative(x)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, "input")
-        y, derivative = self._value_and_derivative(x)
+        y, derivative = self.value_and_derivative(x)
         self._cached_log_det = (x, derivative.log().sum(-1))
         return y
 
@@ -157,7 +158,7 @@ class _MonotoneTriangularMap(ParameterAwareCache, Transform):
         cached = self._cached_log_det
         if cached is not None and cached[0] is x:
             return cached[1]
-        _, derivative = self._value_and_derivative(x)
+        _, derivative = self.value_and_derivative(x)
         return derivative.log().sum(-1)
 
 

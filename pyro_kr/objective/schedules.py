@@ -2,7 +2,8 @@
 
 Each schedule is a pure function of the step: ``schedule(step) -> float``; it ramps from
 ``start`` to ``end`` over ``steps`` steps and then holds ``end``. :class:`Annealing` pairs one
-schedule for ``eps`` with one for ``lam`` and keeps the step counter (with ``state_dict``).
+schedule for ``eps`` with one for ``lam`` (and, opt-in, one for the likelihood temperature
+``beta``) and keeps the step counter (with ``state_dict``).
 """
 
 from __future__ import annotations
@@ -154,6 +155,17 @@ def _check_pair(name: str, value) -> tuple[float, float]:
                 f"eps must lie in (0, 1], got eps=({start}, {end}); eps weights the transport "
                 "cost's coordinates and anneals from 1 towards 0, e.g. eps=(1.0, 1e-3)"
             )
+    elif name == "beta":
+        if not (0 < start <= 1 and 0 < end <= 1):
+            raise ValueError(
+                f"beta must lie in (0, 1], got beta=({start}, {end}); beta multiplies the "
+                "log likelihood and ramps up to 1 (the posterior), e.g. beta=(1e-2, 1.0)"
+            )
+        if end != 1:
+            raise ValueError(
+                f"a beta ramp must end at 1 (the untempered posterior), got beta=({start}, "
+                f"{end}); use beta=({start}, 1.0)"
+            )
     elif name == "lam":
         if not (start > 0 and end > 0):
             raise ValueError(
@@ -185,6 +197,14 @@ class Annealing:
             (1000) is for use without a known budget; :meth:`over` sets the ramp from the
             number of training steps (the library's default rule, :data:`RAMP_FRACTION`).
         kind: ``"geometric"`` (default), ``"linear"`` or ``"cosine"`` for pairs.
+        beta: likelihood tempering, opt-in: ``(start, 1.0)`` with ``0 < start <= 1``, ramped
+            over the same ``steps`` (geometric by default); the objective then targets
+            ``p(z) p(data | z)^beta``, the prior at ``beta -> 0`` and the posterior at
+            ``beta = 1``. Default ``1.0``: no tempering. Tempering lets the map spread over
+            the prior and follow the posterior as its modes separate, instead of committing
+            to the first mode it meets (docs/hard_posteriors.md: on a four-mode posterior
+            ``beta=(1e-2, 1.0)`` puts mass on every mode, where the untempered objective
+            keeps one). Start ``beta`` below the value where the modes separate.
 
     Example:
         >>> a = Annealing(eps=(1.0, 1e-2), lam=(1.0, 1e2), steps=2)
@@ -202,11 +222,19 @@ class Annealing:
         steps: int = 1000,
         *,
         kind: str = "geometric",
+        beta: float | tuple[float, float] | Schedule = 1.0,
     ) -> None:
         self.steps = _check_steps(steps)
         self.kind = kind
         self.eps_schedule = _as_schedule(eps, steps, kind, "eps")
         self.lam_schedule = _as_schedule(lam, steps, kind, "lam")
+        self.beta_schedule = _as_schedule(beta, steps, kind, "beta")
+        b0, b1 = self.beta_schedule.start, self.beta_schedule.end
+        if not (0 < b0 <= b1 == 1):
+            raise ValueError(
+                f"beta must lie in (0, 1], not decrease and end at 1 (the posterior), got "
+                f"start={b0}, end={b1}; e.g. beta=(1e-2, 1.0)"
+            )
         self.step_count = 0
         e0, e1 = self.eps_schedule.start, self.eps_schedule.end
         if not (0 < e0 <= 1 and 0 < e1 <= 1):
@@ -254,6 +282,11 @@ class Annealing:
         """Current ``lam``."""
         return self.lam_schedule(self.step_count)
 
+    @property
+    def beta(self) -> float:
+        """Current likelihood temperature ``beta`` (1.0 unless a ``beta`` ramp was given)."""
+        return self.beta_schedule(self.step_count)
+
     def step(self) -> None:
         """Advance the counter by one step."""
         self.step_count += 1
@@ -265,7 +298,10 @@ class Annealing:
         self.step_count = int(state["step_count"])
 
     def __repr__(self) -> str:
+        beta = "" if self.beta_schedule == ConstantSchedule.of(1.0) else (
+            f"beta={self.beta_schedule}, "
+        )
         return (
-            f"Annealing(eps={self.eps_schedule}, lam={self.lam_schedule}, "
+            f"Annealing(eps={self.eps_schedule}, lam={self.lam_schedule}, {beta}"
             f"step_count={self.step_count})"
         )

@@ -1,4 +1,7 @@
-"""``TransportELBO``: the soft-constrained KR objective as a Pyro ELBO (Baptista et al. 2025, eq. 4, 14)."""
+"""``TransportELBO``: the soft-constrained KR objective as a Pyro ELBO.
+
+Baptista et al. 2025, eq. 4 and 14.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pyro_kr._batching import BATCH_SAFE_HINT, batch_problem, prototype, quiet_p
 from pyro_kr._validation import check_dim, check_no_enumeration, check_observed
 from pyro_kr.objective.cost import transport_cost
 from pyro_kr.objective.schedules import Annealing
+from pyro_kr.objective.tempering import tempered
 from pyro_kr.traces import guess_plate_nesting
 
 __all__ = ["TransportELBO"]
@@ -32,7 +36,12 @@ class TransportELBO(Trace_ELBO):
 
     The schedule advances one step per call of :meth:`loss_and_grads` (what ``SVI.step``
     calls) and of :meth:`differentiable_loss` (for plain torch loops); :meth:`loss` only
-    evaluates. After each call, :attr:`last` holds ``loss``, ``elbo``, ``cost``, ``eps``, ``lam``.
+    evaluates. After each call, :attr:`last` holds ``loss``, ``elbo``, ``cost``, ``eps``,
+    ``lam`` and ``beta``.
+
+    With a ``beta`` ramp in the schedule (``Annealing(beta=(1e-2, 1.0))``, opt-in) the model's
+    observed sites are tempered (:mod:`pyro_kr.objective.tempering`): the objective targets
+    ``p(z) p(data | z)^beta``, and ``elbo`` is the tempered ELBO until ``beta`` reaches 1.
 
     Any model that works with :class:`~pyro.infer.Trace_ELBO` works unchanged. Particles are
     vectorized (one pass inside an outer ``pyro.plate``) when the model is batch-safe, which
@@ -124,6 +133,8 @@ class TransportELBO(Trace_ELBO):
 
     def _objective(self, model, guide, args, kwargs) -> tuple[float, torch.Tensor]:
         eps, lam = self.current()
+        beta = 1.0 if self.schedule is None else self.schedule.beta
+        model = tempered(model, beta)
         loss = 0.0
         surrogate = 0.0
         cost = 0.0
@@ -137,7 +148,8 @@ class TransportELBO(Trace_ELBO):
         objective = surrogate + cost / lam if math.isfinite(lam) else surrogate
         warn_if_nan(value, "loss")
         self.last = {
-            "loss": value, "elbo": -loss, "cost": torch_item(cost), "eps": eps, "lam": lam
+            "loss": value, "elbo": -loss, "cost": torch_item(cost), "eps": eps, "lam": lam,
+            "beta": beta,
         }
         return value, objective
 

@@ -256,8 +256,11 @@ class Annealing:
         eps: float | tuple[float, float] | Schedule = DEFAULT_EPS,
         lam: float | tuple[float, float] | Schedule = DEFAULT_LAM,
         kind: str = "geometric",
+        beta: float | tuple[float, float] | Schedule = 1.0,
     ) -> Annealing:
         """Ramp over ``fraction`` of ``total_steps`` training steps (at least one), then hold.
+
+        ``beta``: the opt-in likelihood temperature ramp, as in :class:`Annealing`.
 
         Example:
             >>> Annealing.over(1000).steps
@@ -266,7 +269,7 @@ class Annealing:
         _check_steps(total_steps)
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}")
-        return cls(eps, lam, steps=max(int(fraction * total_steps), 1), kind=kind)
+        return cls(eps, lam, steps=max(int(fraction * total_steps), 1), kind=kind, beta=beta)
 
     def values(self, step: int) -> tuple[float, float]:
         """``(eps, lam)`` at ``step``, a pure function of the step."""

@@ -38,7 +38,7 @@ import pyro
 import torch
 
 import pyro_kr
-import pyro_kr.problems as problems
+import pyro_kr.bench.problems as problems
 from pyro_kr._atomic import atomic_path
 from pyro_kr.diagnostics import coverage, sbc
 from pyro_kr.metrics import UNIT_KERNEL_BANDWIDTH

@@ -28,7 +28,7 @@ import pyro
 import torch
 
 import pyro_kr
-import pyro_kr.problems as problems
+import pyro_kr.bench.problems as problems
 
 OUT = Path(__file__).resolve().parent.parent / "bench-out" / "reverse_diagnosis"
 

@@ -28,8 +28,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from pyro_kr import problems, reference  # noqa: E402
-from pyro_kr.bench import BenchConfig, report, runner  # noqa: E402
+from pyro_kr.bench import BenchConfig, problems, reference, report, runner  # noqa: E402  # noqa: E402
 from pyro_kr.bench.methods import PARTICLES, fresh_nuts, reference_options  # noqa: E402
 
 GUIDES = ("auto_normal", "auto_mvn", "auto_iaf", "auto_spline")

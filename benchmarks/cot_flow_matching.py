@@ -30,9 +30,9 @@ import time
 import pyro
 import torch
 
+from pyro_kr.bench.problems.joint2d import DATASETS
 from pyro_kr.flow_matching import COTFlowMatching
 from pyro_kr.metrics import UNIT_KERNEL_BANDWIDTH
-from pyro_kr.problems.joint2d import DATASETS
 
 PAPER_W2 = {  # x 1e-2, Kerrigan et al. 2024 Table 1 / Table 2 (COT-FM; FM in brackets below)
     "checkerboard": 4.69,
@@ -148,7 +148,7 @@ def run_joint2d(name: str, method: str, args) -> dict:
 def run_lotka_volterra(method: str, args) -> dict:
     w2, mmd2 = metrics_fns()
     try:
-        import pyro_kr.problems as problems
+        import pyro_kr.bench.problems as problems
 
         problem = problems.get("lotka_volterra")
         reference = problem.reference(0)

@@ -28,8 +28,12 @@ import torch
 torch.set_num_threads(1)
 
 import pyro_kr  # noqa: E402
-from pyro_kr import diagnostics, metrics, problems  # noqa: E402
-from pyro_kr.bench import methods, runner  # noqa: E402
+from pyro_kr import diagnostics, metrics  # noqa: E402
+from pyro_kr.bench import (  # noqa: E402
+    methods,
+    problems,  # noqa: E402
+    runner,
+)
 from pyro_kr.guides.order import auto_order  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -34,8 +34,8 @@ import torch
 torch.set_num_threads(1)  # darcy's batched solve also misbehaves with 2 MKL threads here
 
 import pyro_kr  # noqa: E402
-from pyro_kr import problems  # noqa: E402
 from pyro_kr._atomic import atomic_path  # noqa: E402
+from pyro_kr.bench import problems  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

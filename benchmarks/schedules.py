@@ -37,7 +37,8 @@ import torch
 torch.set_num_threads(1)
 
 import pyro_kr  # noqa: E402
-from pyro_kr import metrics, problems  # noqa: E402
+from pyro_kr import metrics  # noqa: E402
+from pyro_kr.bench import problems  # noqa: E402
 from pyro_kr.bench.runner import write_json_atomic  # noqa: E402
 from pyro_kr.objective.schedules import DEFAULT_EPS, DEFAULT_LAM  # noqa: E402
 

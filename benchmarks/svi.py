@@ -1,6 +1,6 @@
 """AutoKR against Pyro's autoguides at the same step budget (issue 3, Benchmark section).
 
-Problems (``pyro_kr.problems``): ``linear_gaussian`` (d = 10, exact reference), ``banana``
+Problems (``pyro_kr.bench.problems``): ``linear_gaussian`` (d = 10, exact reference), ``banana``
 (2-d, shipped NUTS reference), ``funnel`` (d = 10, centered, exact reference) and
 ``eight_schools`` (centered, shipped NUTS reference). Methods (``pyro_kr.bench.methods``):
 ``AutoKR`` affine and monotone, each with the annealed ``TransportELBO`` and with the plain
@@ -35,8 +35,13 @@ import torch
 
 torch.set_num_threads(1)
 
-from pyro_kr import problems  # noqa: E402
-from pyro_kr.bench import BenchConfig, methods, report, runner  # noqa: E402
+from pyro_kr.bench import (  # noqa: E402
+    BenchConfig,
+    methods,
+    problems,  # noqa: E402
+    report,
+    runner,
+)
 
 RESULTS = Path(__file__).parent / "results"
 OUTPUT = Path(__file__).parent.parent / "bench-out"

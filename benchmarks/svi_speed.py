@@ -38,8 +38,8 @@ import torch
 torch.set_num_threads(1)
 
 import pyro_kr  # noqa: E402
-from pyro_kr import problems  # noqa: E402
 from pyro_kr._atomic import atomic_path  # noqa: E402
+from pyro_kr.bench import problems  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 GUIDES = ("auto_iaf", "autokr_small", "autokr_small_depth1", "autokr_default")

@@ -24,26 +24,29 @@ import pyro
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
+from pyro.optim import ClippedAdam
 
 torch.set_num_threads(1)
 
 import pyro_kr  # noqa: E402
-from pyro_kr import diagnostics, metrics, problems  # noqa: E402
-from pyro_kr.bench import methods  # noqa: E402
+from pyro_kr import diagnostics, metrics  # noqa: E402
+from pyro_kr.bench import methods, problems  # noqa: E402
+from pyro_kr.bench.problems.symmetric_modes import mode_shares  # noqa: E402
 from pyro_kr.diagnostics.stall import check_fit  # noqa: E402
-from pyro_kr.problems.symmetric_modes import mode_shares  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def one_run(problem, y, ref, guide_name, *, steps, particles, seed, num_draws):
+def one_run(problem, y, ref, guide_name, *, steps, particles, seed, num_draws, lrd=None,
+            beta0=1e-2):
     with methods.float64():
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
-        if guide_name == "autokr":
+        if guide_name.startswith("autokr"):
             guide = pyro_kr.AutoKR(problem.model)
+            beta = (beta0, 1.0) if guide_name == "autokr_tempered" else 1.0
             loss = pyro_kr.TransportELBO(
-                pyro_kr.Annealing.over(steps),
+                pyro_kr.Annealing.over(steps, beta=beta),
                 num_particles=particles, vectorize_particles=particles > 1,
             )
         else:
@@ -51,8 +54,10 @@ def one_run(problem, y, ref, guide_name, *, steps, particles, seed, num_draws):
             loss = Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, lr=1e-2,
-                        progress=False, check=False)
+            optim = dict(lr=1e-2) if lrd is None else dict(
+                optim=ClippedAdam({"lr": 1e-2, "lrd": lrd}))
+            pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, progress=False,
+                        check=False, **optim)
         draws = methods.sample_guide(guide, problem.param_names, num_draws,
                                      problem.param_shapes, y=y)
         scores = metrics.compare(draws, ref, metrics=("w2_standardized",),
@@ -76,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--particles", type=int, default=methods.PARTICLES)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--lrd", type=float, default=None,
+                        help="ClippedAdam learning-rate decay per step (default: plain Adam)")
+    parser.add_argument("--beta0", type=float, default=1e-2,
+                        help="start of the likelihood temperature ramp of autokr_tempered")
+    parser.add_argument("--methods", nargs="+", default=["autokr", "autokr_tempered",
+                                                         "auto_mvn"])
+    parser.add_argument("--out", default="symmetric_modes", help="results file name")
     parser.add_argument("--smoke", action="store_true", help="tiny budget, nothing written")
     args = parser.parse_args(argv)
     num_draws = 4000
@@ -86,29 +98,30 @@ def main(argv: list[str] | None = None) -> int:
     ref = problem.reference(0, num_samples=20_000)
     results = {
         "budget": {"steps": args.steps, "particles": args.particles, "seeds": args.seeds,
-                   "lr": 1e-2},
+                   "lr": 1e-2, "lrd": args.lrd, "beta0": args.beta0},
         "reference_shares": mode_shares(ref["theta1"], ref["theta2"]),
         "methods": {},
     }
-    for name in ("autokr", "auto_mvn"):
+    for name in args.methods:
         runs = []
         for seed in range(args.seeds):
             runs.append(one_run(problem, y, ref, name, steps=args.steps,
-                                particles=args.particles, seed=seed, num_draws=num_draws))
+                                particles=args.particles, seed=seed, num_draws=num_draws,
+                                lrd=args.lrd, beta0=args.beta0))
             print(f"{name} seed {seed}: {runs[-1]}", file=sys.stderr, flush=True)
         results["methods"][name] = runs
         if not args.smoke:
             RESULTS.mkdir(exist_ok=True)
-            (RESULTS / "symmetric_modes.json").write_text(json.dumps(results, indent=1))
+            (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
     b = results["budget"]
-    print(f"symmetric_modes: {b['steps']} steps x {b['particles']} particles; reference share "
-          "0.25 per mode")
-    print(f"{'guide':9} {'seed':>4} {'++':>5} {'+-':>5} {'-+':>5} {'--':>5} {'max err':>7} "
+    print(f"symmetric_modes: {b['steps']} steps x {b['particles']} particles, lrd {b['lrd']}; "
+          "reference share 0.25 per mode")
+    print(f"{'guide':15} {'seed':>4} {'++':>5} {'+-':>5} {'-+':>5} {'--':>5} {'max err':>7} "
           f"{'W2':>6} {'floor':>6} {'k-hat':>6}  check_fit")
     for name, runs in results["methods"].items():
         for r in runs:
             s = r["shares"]
-            print(f"{name:9} {r['seed']:>4} {s['++']:5.2f} {s['+-']:5.2f} {s['-+']:5.2f} "
+            print(f"{name:15} {r['seed']:>4} {s['++']:5.2f} {s['+-']:5.2f} {s['-+']:5.2f} "
                   f"{s['--']:5.2f} {r['max_share_error']:7.2f} {r['w2_standardized']:6.3f} "
                   f"{r['w2_standardized_noise_floor']:6.3f} {r['khat']:6.2f}  {r['check_fit']}")
     return 0

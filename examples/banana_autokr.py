@@ -1,6 +1,6 @@
 """A curved (banana) posterior with AutoKR: monotone map vs affine map, and a KR conditional.
 
-The banana problem (``pyro_kr.problems.get("banana")``) has ``theta1, theta2 ~ N(0, 1)`` and
+The banana problem (``pyro_kr.bench.problems.get("banana")``) has ``theta1, theta2 ~ N(0, 1)`` and
 ten observations ``y_j ~ N(theta1 + theta2^2, 0.5^2)``: the posterior lies along the parabola
 ``theta1 = ybar - theta2^2``. A Gaussian (affine) guide cannot bend; the monotone triangular map
 can. With ``order=["theta2", "theta1"]`` the KR map also answers the conditional query
@@ -18,7 +18,8 @@ import pyro
 import torch
 
 import pyro_kr
-from pyro_kr import metrics, problems
+from pyro_kr import metrics
+from pyro_kr.bench import problems
 
 
 def train(problem, y, map_kind: str, steps: int, seed: int = 0) -> pyro_kr.AutoKR:

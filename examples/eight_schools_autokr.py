@@ -1,6 +1,6 @@
 """Eight schools (centered) with AutoKR: posterior summaries, PSIS, and KR queries on ``tau``.
 
-The centered eight-schools model (``pyro_kr.problems.get("eight_schools")``) has a funnel
+The centered eight-schools model (``pyro_kr.bench.problems.get("eight_schools")``) has a funnel
 between the population scale ``tau`` and the school effects ``theta``. With
 ``order=["tau", "mu", "theta"]`` the KR map puts ``tau`` first, so
 
@@ -22,7 +22,7 @@ import pyro
 import torch
 
 import pyro_kr
-from pyro_kr import problems
+from pyro_kr.bench import problems
 from pyro_kr.diagnostics import psis
 
 

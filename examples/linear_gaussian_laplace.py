@@ -1,6 +1,6 @@
 """An ill-conditioned linear inverse problem: AutoKR started at 0.1 * I vs at the Laplace fit.
 
-``pyro_kr.problems.get("linear_gaussian")`` has 10 parameters, 15 observations and a forward
+``pyro_kr.bench.problems.get("linear_gaussian")`` has 10 parameters, 15 observations and a forward
 matrix with decaying singular values, so the posterior sds span two orders of magnitude. Its
 posterior is Gaussian and known exactly: the KR map is ``m + cholesky(S) x``. A guide started
 at scale 0.1 needs thousands of Adam steps to shrink the stiff directions;
@@ -19,7 +19,8 @@ import pyro
 import torch
 
 import pyro_kr
-from pyro_kr import metrics, problems
+from pyro_kr import metrics
+from pyro_kr.bench import problems
 
 
 def train(problem, y, init_scale, steps: int, seed: int = 0) -> pyro_kr.AutoKR:

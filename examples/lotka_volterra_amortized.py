@@ -29,7 +29,7 @@ import pyro
 import torch
 
 import pyro_kr
-import pyro_kr.problems as problems
+import pyro_kr.bench.problems as problems
 from pyro_kr.diagnostics import coverage, sbc
 
 

@@ -17,8 +17,8 @@ import argparse
 import pyro
 import torch
 
+from pyro_kr.bench.problems.joint2d import DATASETS
 from pyro_kr.flow_matching import COTFlowMatching
-from pyro_kr.problems.joint2d import DATASETS
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import pyro_kr.problems as problems
-from pyro_kr.problems import lotka_volterra as lv
+import pyro_kr.bench.problems as problems
+from pyro_kr.bench.problems import lotka_volterra as lv
 
 
 def _widened_prior(n: int, sd: float, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyro_kr
-import pyro_kr.problems as problems
+import pyro_kr.bench.problems as problems
 from pyro_kr.bench import BenchConfig, methods, report, runner
 
 PYRO_GUIDES = ["auto_normal", "auto_mvn", "auto_iaf", "auto_spline"]

@@ -1,4 +1,4 @@
-"""Smoke tests of the ``pyro-kr`` command (in-process through ``pyro_kr.cli.main``)."""
+"""Smoke tests of the ``pyro-kr`` command (in-process through ``pyro_kr.bench.cli.main``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-import pyro_kr.problems as problems
-from pyro_kr import cli, reference
-from pyro_kr.bench import methods, runner
+import pyro_kr.bench.problems as problems
+from pyro_kr.bench import cli, methods, reference, runner
 
 TINY = ["--steps", "20", "--seeds", "1", "--num-draws", "300", "--metric-n", "150",
         "--psis-draws", "300", "--no-progress"]
@@ -80,7 +79,7 @@ def test_bad_observation_exits_2_with_one_message(tmp_path, capsys):
 
 
 def test_bad_observation_from_the_console_script():
-    proc = subprocess.run([sys.executable, "-m", "pyro_kr.cli", "bench", "banana",
+    proc = subprocess.run([sys.executable, "-m", "pyro_kr.bench.cli", "bench", "banana",
                            "--observation", "5"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("got index 5") == 1
@@ -131,7 +130,7 @@ def test_ctrl_c_exits_130_and_keeps_finished_results(tmp_path, monkeypatch, caps
 
 
 def test_reference_command_shows_settings_and_convergence(monkeypatch, capsys):
-    from pyro_kr.reference import _io
+    from pyro_kr.bench.reference import _io
 
     def fake_nuts(problem, observation, **kwargs):
         idata = _io.from_dict({"theta1": np.zeros((4, 10)), "theta2": np.zeros((4, 10))})
@@ -182,6 +181,6 @@ def test_console_script_is_installed():
 
 
 def test_module_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "pyro_kr.cli", "list"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "pyro_kr.bench.cli", "list"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "auto_normal" in proc.stdout

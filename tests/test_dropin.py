@@ -18,8 +18,8 @@ from pyro.optim import Adam
 
 from pyro_kr import Annealing, AutoKR, TransportELBO, fit
 from pyro_kr._batching import batch_problem, quiet_plate_guess
+from pyro_kr.bench.problems import references
 from pyro_kr.diagnostics import draw_guide, psis
-from pyro_kr.problems import references
 
 # ---------------------------------------------------------------------------------------------
 # Models written the way Pyro's tutorials write them.

@@ -272,7 +272,7 @@ def test_laplace_init_on_a_centered_funnel_is_a_clear_error(seed):
     # own validation rejects the scale exp(v / 2) (it underflows to 0), or at a "mode" in the
     # neck whose Laplace scales (~1e-9) are below what the affine map represents. Seeds 1 and 4
     # took the second path and used to crash with a plain ValueError from set_scale_tril.
-    import pyro_kr.problems as problems
+    import pyro_kr.bench.problems as problems
     from pyro_kr.guides.laplace import LaplaceError
 
     pyro.set_rng_seed(seed)

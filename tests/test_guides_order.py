@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyro_kr
-from pyro_kr import problems
+from pyro_kr.bench import problems
 from pyro_kr.guides.order import auto_order, non_gaussianity
 
 

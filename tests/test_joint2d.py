@@ -1,4 +1,4 @@
-"""The 2-D joint datasets of Kerrigan et al. 2024, Table 1 (pyro_kr.problems.joint2d)."""
+"""The 2-D joint datasets of Kerrigan et al. 2024, Table 1 (pyro_kr.bench.problems.joint2d)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pyro_kr.problems.joint2d import DATASETS, checkerboard, circles, moons, swissroll
+from pyro_kr.bench.problems.joint2d import DATASETS, checkerboard, circles, moons, swissroll
 
 NAMES = sorted(DATASETS)
 

@@ -1,4 +1,4 @@
-"""Registry, simulators, observations, exact posteriors and solvers of pyro_kr.problems."""
+"""Registry, simulators, observations, exact posteriors and solvers of pyro_kr.bench.problems."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyro
 import pytest
 import torch
 
-import pyro_kr.problems as problems
+import pyro_kr.bench.problems as problems
 
 LIKELIHOOD = ["linear_gaussian", "banana", "funnel", "eight_schools", "lotka_volterra"]
 LIKELIHOOD += ["elliptic_1d", "darcy_2d"]
@@ -120,7 +120,7 @@ def test_eight_schools_data():
 
 
 def test_joint2d_tasks():
-    pytest.importorskip("pyro_kr.problems.joint2d")
+    pytest.importorskip("pyro_kr.bench.problems.joint2d")
     for name in JOINT2D:
         p = problems.get(name)
         assert p.has_likelihood is False

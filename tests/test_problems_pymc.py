@@ -9,7 +9,7 @@ import pyro
 import pytest
 import torch
 
-import pyro_kr.problems as problems
+import pyro_kr.bench.problems as problems
 
 pm = pytest.importorskip("pymc")
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-import pyro_kr.problems as problems
-from pyro_kr.problems import references
+import pyro_kr.bench.problems as problems
+from pyro_kr.bench.problems import references
 
 SHIPPED = sorted(p.stem.rsplit("_obs", 1)[0] for p in references.reference_dir().glob("*.npz"))
 
@@ -68,8 +68,8 @@ def test_settings_cover_the_mcmc_problems():
 
 def test_darcy_reference_samples_the_pyro_model_through_nuts_from_pyro(monkeypatch, tmp_path):
     """darcy_2d goes through nuts_from_pyro (its PyMC twin's gradient is ~50x slower)."""
-    import pyro_kr.reference as reference_module
-    from pyro_kr.reference import _io
+    import pyro_kr.bench.reference as reference_module
+    from pyro_kr.bench.reference import _io
 
     p = problems.get("darcy_2d")
     calls = {}
@@ -91,7 +91,7 @@ def test_darcy_reference_samples_the_pyro_model_through_nuts_from_pyro(monkeypat
     assert (calls["draws"], calls["tune"], calls["chains"]) == (2000, 10, 4)
     assert calls["rhat_max"] == float("inf")  # generate() checks R-hat / ESS itself
     assert draws["xi"].shape == (8000, 32) and draws["xi"].dtype == np.float32
-    assert record["sampler"].startswith("pyro_kr.reference.nuts_from_pyro")
+    assert record["sampler"].startswith("pyro_kr.bench.reference.nuts_from_pyro")
     assert record["settings"]["sampler"] == "nuts_from_pyro"
     saved = np.load(tmp_path / "darcy_2d_obs0.npz")
     np.testing.assert_array_equal(saved["xi"], draws["xi"])
@@ -99,8 +99,8 @@ def test_darcy_reference_samples_the_pyro_model_through_nuts_from_pyro(monkeypat
 
 
 def test_rejected_reference_run_writes_nothing(monkeypatch, tmp_path):
-    import pyro_kr.reference as reference_module
-    from pyro_kr.reference import _io
+    import pyro_kr.bench.reference as reference_module
+    from pyro_kr.bench.reference import _io
 
     def stuck_chains(model, **kwargs):  # two chains in different places: R-hat >> 1.01
         post = np.stack([np.zeros((200, 32)), np.ones((200, 32))])
@@ -114,7 +114,7 @@ def test_rejected_reference_run_writes_nothing(monkeypatch, tmp_path):
 
 
 def test_missing_reference_says_how_to_build_one():
-    with pytest.raises(ValueError, match="pyro_kr.reference.nuts"):
+    with pytest.raises(ValueError, match="pyro_kr.bench.reference.nuts"):
         references.load_reference("lotka_volterra", 3)
 
 
@@ -137,13 +137,13 @@ def test_regeneration_agrees_with_shipped_draws(name, tmp_path):
 
 
 def test_pymc_twin_references_go_through_reference_nuts(monkeypatch, tmp_path):
-    """One builder: generate() samples the PyMC twin through pyro_kr.reference.nuts, with
+    """One builder: generate() samples the PyMC twin through pyro_kr.bench.reference.nuts, with
     the LV chains started at init_at (PyMC's init="adapt_diag", no jitter), uncached."""
     import importlib
 
-    from pyro_kr.reference import _io
+    from pyro_kr.bench.reference import _io
 
-    nuts_module = importlib.import_module("pyro_kr.reference.nuts")
+    nuts_module = importlib.import_module("pyro_kr.bench.reference.nuts")
     seen = {}
 
     def fake_sample(model, settings, progressbar):
@@ -165,5 +165,5 @@ def test_pymc_twin_references_go_through_reference_nuts(monkeypatch, tmp_path):
                       for c in seen["initvals"]])
     center = np.array(references.SETTINGS["lotka_volterra"]["init_at"])
     assert np.all(np.abs(np.log(start / center)) < 5 * 0.05)  # u* * exp(0.05 z)
-    assert record["sampler"].startswith("pyro_kr.reference.nuts")
+    assert record["sampler"].startswith("pyro_kr.bench.reference.nuts")
     assert not (tmp_path / "cache").exists()  # cache=False: nothing cached

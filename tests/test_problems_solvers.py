@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_kr.problems import lotka_volterra as lv
-from pyro_kr.problems.darcy_2d import darcy_operator_indices, solve_darcy_2d
-from pyro_kr.problems.elliptic_1d import solve_elliptic_1d
-from pyro_kr.problems.lotka_volterra import solve_lv_log, solve_lv_log_autograd
+from pyro_kr.bench.problems import lotka_volterra as lv
+from pyro_kr.bench.problems.darcy_2d import darcy_operator_indices, solve_darcy_2d
+from pyro_kr.bench.problems.elliptic_1d import solve_elliptic_1d
+from pyro_kr.bench.problems.lotka_volterra import solve_lv_log, solve_lv_log_autograd
 
 scipy_integrate = pytest.importorskip("scipy.integrate")
 

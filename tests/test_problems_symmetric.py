@@ -4,8 +4,8 @@ import numpy as np
 import pyro
 import torch
 
-import pyro_kr.problems as problems
-from pyro_kr.problems.symmetric_modes import mode_shares
+import pyro_kr.bench.problems as problems
+from pyro_kr.bench.problems.symmetric_modes import mode_shares
 
 
 def test_model_matches_log_joint_and_reference_is_symmetric():

@@ -1,4 +1,4 @@
-"""Tests for pyro_kr.reference: cache keys, quality checks, cache IO, NUTS and nuts_from_pyro."""
+"""Tests for pyro_kr.bench.reference: cache keys, quality checks, cache IO, NUTS and nuts_from_pyro."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import torch
 
 pm = pytest.importorskip("pymc")
 
-from pyro_kr import reference  # noqa: E402
-from pyro_kr.reference import _io  # noqa: E402
+from pyro_kr.bench import reference  # noqa: E402
+from pyro_kr.bench.reference import _io  # noqa: E402
 
 # the package re-exports the function ``nuts``; the module object is needed for monkeypatching
-nuts_module = importlib.import_module("pyro_kr.reference.nuts")
+nuts_module = importlib.import_module("pyro_kr.bench.reference.nuts")
 
 # Conjugate model: mu ~ N(0, 1), y_i ~ N(mu, 1), i = 1..n  =>  mu | y ~ N(sum y / (n+1), 1/(n+1)).
 Y = np.array([0.3, 1.2, 0.9, 1.6])
@@ -249,7 +249,7 @@ def test_nuts_from_pyro_conjugate_matches_closed_form(float64):
 
 def test_nuts_from_pyro_caches_when_asked(tmp_path, monkeypatch):
     # the PyMC run is replaced by seeded draws: this test is about the model/argument key
-    module = importlib.import_module("pyro_kr.reference.pyro_model")
+    module = importlib.import_module("pyro_kr.bench.reference.pyro_model")
     monkeypatch.setattr(
         module, "_sample_pyro", lambda pot, settings, pb: (_fake_idata(settings["seed"]), 0.1)
     )

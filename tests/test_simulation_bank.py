@@ -156,7 +156,7 @@ def test_ray_missing_says_how_to_install(monkeypatch):
 def test_ray_local_cluster_gives_the_local_pairs_and_resumes(tmp_path):
     import ray
 
-    import pyro_kr.problems as problems
+    import pyro_kr.bench.problems as problems
 
     # Ray workers import functions by module: a model of an importable module (a script's
     # own functions, in __main__, travel by value)

@@ -1,6 +1,6 @@
 """The benchmark: a registry of inference methods, a runner and a report writer.
 
-``pyro-kr bench PROBLEM`` (see :mod:`pyro_kr.cli`) drives these; they are usable from Python:
+``pyro-kr bench PROBLEM`` (see :mod:`pyro_kr.bench.cli`) drives these; they are usable from Python:
 
 Example:
     >>> from pyro_kr.bench import BenchConfig, methods

@@ -240,9 +240,9 @@ def _auto_spline(model):
 def reference_options(name: str) -> dict[str, Any]:
     """``target_accept`` / ``compile_mode`` of the shipped reference of ``name``.
 
-    The same as :func:`pyro_kr.problems.references.nuts_options` (kept under this name).
+    The same as :func:`pyro_kr.bench.problems.references.nuts_options` (kept under this name).
     """
-    from pyro_kr.problems.references import nuts_options
+    from pyro_kr.bench.problems.references import nuts_options
 
     return nuts_options(name)
 
@@ -255,7 +255,7 @@ def fresh_nuts(
     Uses the sampler options the problem's shipped reference was built with
     (:func:`reference_options`); ``y`` is an observation index or tensor.
     """
-    from pyro_kr import reference
+    from pyro_kr.bench import reference
 
     return reference.nuts(
         problem,
@@ -280,7 +280,7 @@ def _nuts(
 
     ``steps`` and ``particles`` are SVI budgets and do not apply: NUTS's budget is fixed.
     """
-    from pyro_kr import reference
+    from pyro_kr.bench import reference
 
     chains, tune = 2, 1000
     draws = max(math.ceil(num_draws / chains), 100)

@@ -158,7 +158,7 @@ def load_reference(problem, observation: int) -> tuple[dict[str, np.ndarray], st
     """Return ``(reference draws, source)``.
 
     The draws are ``problem.reference(i)`` (shipped or exact); if the problem has none, a
-    cached :func:`pyro_kr.reference.nuts` run with the default settings (``pyro-kr reference
+    cached :func:`pyro_kr.bench.reference.nuts` run with the default settings (``pyro-kr reference
     PROBLEM`` builds it). The bench never starts a long MCMC build by itself.
 
     Raises:
@@ -169,7 +169,7 @@ def load_reference(problem, observation: int) -> tuple[dict[str, np.ndarray], st
     try:
         return problem.reference(observation), "problem.reference"
     except (FileNotFoundError, ImportError, KeyError, NotImplementedError, ValueError) as exc:
-        from pyro_kr import reference
+        from pyro_kr.bench import reference
 
         options = methods_registry.reference_options(problem.name)
         try:
@@ -195,7 +195,7 @@ def run(
     """Run ``method_names`` on ``problem``; write ``results.json`` and draws into ``out``.
 
     Args:
-        problem: a :mod:`pyro_kr.problems` Problem.
+        problem: a :mod:`pyro_kr.bench.problems` Problem.
         method_names: names from :func:`pyro_kr.bench.methods.names`.
         out: output directory (created; must be writable).
         config: steps, seeds, draws, metrics (:class:`BenchConfig`).
@@ -210,7 +210,7 @@ def run(
 
     Example:
         >>> from pyro_kr.bench import runner  # doctest: +SKIP
-        >>> import pyro_kr.problems as problems  # doctest: +SKIP
+        >>> import pyro_kr.bench.problems as problems  # doctest: +SKIP
         >>> res = runner.run(problems.get("banana"), ["auto_normal"], "out",  # doctest: +SKIP
         ...                  config=runner.BenchConfig(steps=200))
     """

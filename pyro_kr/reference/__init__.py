@@ -1,38 +1,9 @@
-"""Reference posteriors by MCMC: PyMC NUTS on a problem's PyMC twin or on any Pyro model.
+"""Moved to :mod:`pyro_kr.bench.reference` (the benchmark side); this old path is an alias.
 
-Importing this package loads neither PyMC nor ArviZ; they are imported when a function runs.
-
-Example:
-    >>> from pyro_kr import reference
-    >>> sorted(reference.METHODS)
-    ['demetropolisz', 'nuts']
+Importing ``pyro_kr.reference`` (or a submodule) warns once with a ``DeprecationWarning`` and
+returns the module of ``pyro_kr.bench.reference``; the alias is removed in the next release.
 """
 
-from __future__ import annotations
+from pyro_kr._moved import alias
 
-from pyro_kr.reference._cache import ENV_VAR, cache_key, default_cache_dir
-from pyro_kr.reference.nuts import (
-    METHODS,
-    ReferenceNotCachedError,
-    ReferenceQualityError,
-    check_quality,
-    nuts,
-    summary,
-    to_draws,
-)
-from pyro_kr.reference.pyro_model import PyroPotential, nuts_from_pyro
-
-__all__ = [
-    "ENV_VAR",
-    "METHODS",
-    "PyroPotential",
-    "ReferenceNotCachedError",
-    "ReferenceQualityError",
-    "cache_key",
-    "check_quality",
-    "default_cache_dir",
-    "nuts",
-    "nuts_from_pyro",
-    "summary",
-    "to_draws",
-]
+alias(__name__, "pyro_kr.bench.reference")

@@ -28,7 +28,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Distribution
 
-from pyro_kr.problems.base import Problem
+from pyro_kr.bench.problems.base import Problem
 
 __all__ = ["Darcy2D", "darcy_operator_indices", "solve_darcy_2d"]
 
@@ -95,7 +95,7 @@ class Darcy2D(Problem):
         noise_sd: observation noise standard deviation.
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> p = problems.get("darcy_2d")
         >>> p.param_shapes, p.y_shape
         ({'xi': (32,)}, (64,))

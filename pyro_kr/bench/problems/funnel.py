@@ -17,7 +17,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Distribution
 
-from pyro_kr.problems.base import Problem, Site
+from pyro_kr.bench.problems.base import Problem, Site
 
 __all__ = ["Funnel"]
 
@@ -31,7 +31,7 @@ class Funnel(Problem):
         v_scale: standard deviation of ``v``.
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> p = problems.get("funnel")
         >>> p.param_shapes
         {'v': (), 'x': (9,)}

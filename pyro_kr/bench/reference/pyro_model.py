@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from pyro_kr._validation import check_dim
-from pyro_kr.reference import _cache, _io
-from pyro_kr.reference.nuts import load_or_build, quiet_pymc
+from pyro_kr.bench.reference import _cache, _io
+from pyro_kr.bench.reference.nuts import load_or_build, quiet_pymc
 
 
 class PyroPotential:
@@ -217,15 +217,15 @@ def nuts_from_pyro(
         model: Pyro model with continuous latent sites (conditioned on its data).
         *args, **kwargs: the model's arguments (the keywords below are reserved).
         draws, chains, tune, seed, method, target_accept, rhat_max, min_ess, progressbar: as
-            in :func:`pyro_kr.reference.nuts`.
+            in :func:`pyro_kr.bench.reference.nuts`.
         cache: cache the draws on disk, keyed by the model's source, its argument values and
             the settings (off by default: a closure's captured state is not in the key).
-        cache_dir: cache directory (see :func:`pyro_kr.reference.nuts`).
+        cache_dir: cache directory (see :func:`pyro_kr.bench.reference.nuts`).
         name: cache label; default the model function's name.
 
     Returns:
         ``arviz.InferenceData`` whose ``posterior`` holds each constrained latent site with
-        shape ``(chains, draws, *site_shape)``; attributes as in :func:`~pyro_kr.reference.nuts`.
+        shape ``(chains, draws, *site_shape)``; attributes as in :func:`~pyro_kr.bench.reference.nuts`.
 
     Raises:
         ReferenceQualityError: R-hat above ``rhat_max`` or bulk ESS below ``min_ess``.
@@ -240,7 +240,7 @@ def nuts_from_pyro(
         >>> float(idata.posterior["mu"].mean())  # closed form 3/4  # doctest: +SKIP
         0.75...
     """
-    from pyro_kr.reference.nuts import METHODS
+    from pyro_kr.bench.reference.nuts import METHODS
 
     check_dim("draws", draws, minimum=1)
     check_dim("chains", chains, minimum=1)

@@ -24,7 +24,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Distribution
 
-from pyro_kr.problems.base import Problem
+from pyro_kr.bench.problems.base import Problem
 
 __all__ = ["Elliptic1D", "solve_elliptic_1d"]
 
@@ -65,7 +65,7 @@ class Elliptic1D(Problem):
         noise_sd: observation noise standard deviation.
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> p = problems.get("elliptic_1d")
         >>> p.param_shapes, p.y_shape
         ({'xi': (12,)}, (15,))

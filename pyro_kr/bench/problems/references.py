@@ -1,20 +1,20 @@
 """Shipped reference posterior draws: loading, and the command that regenerates them.
 
 The draws for observation 0 of every MCMC-referenced problem live in
-``pyro_kr/data/references/{name}_obs0.npz`` (float32, one array per latent site, chains
+``pyro_kr/bench/data/references/{name}_obs0.npz`` (float32, one array per latent site, chains
 concatenated) with ``{name}_obs0.json`` next to it (settings, R-hat, ESS, wall time).
 Problems with an exact reference (``linear_gaussian``, ``funnel``, the joint-sample tasks)
 ship nothing: they draw exactly. ``darcy_2d`` is sampled through
-:func:`pyro_kr.reference.nuts_from_pyro` (PyMC's NUTS on the Pyro model's torch potential):
+:func:`pyro_kr.bench.reference.nuts_from_pyro` (PyMC's NUTS on the Pyro model's torch potential):
 one gradient of its PyMC twin costs ~0.2 s, of the torch potential ~3.5 ms.
 
 Regenerate (PyMC NUTS on the problem's twin; see ``SETTINGS``)::
 
-    python -m pyro_kr.problems.references                 # every MCMC-referenced problem
-    python -m pyro_kr.problems.references --problem lotka_volterra --draws 2000
+    python -m pyro_kr.bench.problems.references                 # every MCMC-referenced problem
+    python -m pyro_kr.bench.problems.references --problem lotka_volterra --draws 2000
 
-Every run goes through :mod:`pyro_kr.reference` (:func:`~pyro_kr.reference.nuts` on the PyMC
-twin, uncached, or :func:`~pyro_kr.reference.nuts_from_pyro`), the one reference builder; this
+Every run goes through :mod:`pyro_kr.bench.reference` (:func:`~pyro_kr.bench.reference.nuts` on the PyMC
+twin, uncached, or :func:`~pyro_kr.bench.reference.nuts_from_pyro`), the one reference builder; this
 module adds the per-problem ``SETTINGS`` (the Lotka-Volterra twin needs PyTensor's numba
 backend, ``compile_mode``: one gradient costs ~1 ms with numba and ~15 ms with the C backend),
 the R-hat / ESS gate and the shipped files.
@@ -94,11 +94,11 @@ def load_reference(name: str, index: int = 0) -> dict[str, np.ndarray]:
         shipped = sorted(p.stem for p in reference_dir().glob("*.npz"))
         raise ValueError(
             f"no shipped reference for {name!r} observation {index} (expected {path.name}); "
-            f"shipped: {shipped}. Build one with pyro_kr.reference.nuts(problem, {index}) or "
-            f"python -m pyro_kr.problems.references --problem {name}"
+            f"shipped: {shipped}. Build one with pyro_kr.bench.reference.nuts(problem, {index}) or "
+            f"python -m pyro_kr.bench.problems.references --problem {name}"
         )
     regenerate = (
-        f"regenerate it with `python -m pyro_kr.problems.references --problem {name}` (or "
+        f"regenerate it with `python -m pyro_kr.bench.problems.references --problem {name}` (or "
         "reinstall pyro_kr to restore the shipped file)"
     )
     try:
@@ -115,7 +115,7 @@ def load_reference(name: str, index: int = 0) -> dict[str, np.ndarray]:
 
 def _check_draws(name: str, draws: dict[str, np.ndarray], path: Path, regenerate: str) -> None:
     """Refuse a reference file with missing sites, NaN/inf or sites of unequal length."""
-    import pyro_kr.problems as problems
+    import pyro_kr.bench.problems as problems
 
     try:
         expected = list(problems.get(name).param_names)
@@ -168,7 +168,7 @@ def nuts_options(name: str) -> dict[str, Any]:
     """``target_accept`` / ``compile_mode`` the shipped reference of ``name`` was built with.
 
     Fresh NUTS runs (baselines, ``pyro-kr reference``) pass these to
-    :func:`pyro_kr.reference.nuts`, so every reference of a problem is sampled alike.
+    :func:`pyro_kr.bench.reference.nuts`, so every reference of a problem is sampled alike.
 
     Example:
         >>> nuts_options("banana")
@@ -181,12 +181,12 @@ def nuts_options(name: str) -> dict[str, Any]:
 def _build(
     problem: Any, y: Any, settings: dict[str, Any], seed: int, progressbar: bool
 ) -> tuple[Any, float]:
-    """One reference run through :mod:`pyro_kr.reference` (the one builder), unchecked here.
+    """One reference run through :mod:`pyro_kr.bench.reference` (the one builder), unchecked here.
 
     ``sampler="nuts_from_pyro"``: PyMC NUTS on the Pyro model's torch potential; otherwise
-    :func:`pyro_kr.reference.nuts` on the problem's PyMC twin. Returns ``(idata, wall s)``.
+    :func:`pyro_kr.bench.reference.nuts` on the problem's PyMC twin. Returns ``(idata, wall s)``.
     """
-    from pyro_kr import reference
+    from pyro_kr.bench import reference
 
     common = {
         "draws": settings["draws"], "tune": settings["tune"], "chains": settings["chains"],
@@ -249,7 +249,7 @@ def generate(
     import arviz as az
     import pymc as pm
 
-    import pyro_kr.problems as problems
+    import pyro_kr.bench.problems as problems
 
     if name not in SETTINGS:
         raise ValueError(f"no MCMC reference settings for {name!r}; valid: {', '.join(SETTINGS)}")
@@ -261,9 +261,9 @@ def generate(
     y = problem.observation(index)
     idata, wall = _build(problem, y, settings, seed, progressbar)
     if settings.get("sampler") == "nuts_from_pyro":
-        sampler = "pyro_kr.reference.nuts_from_pyro (PyMC NUTS on the Pyro potential)"
+        sampler = "pyro_kr.bench.reference.nuts_from_pyro (PyMC NUTS on the Pyro potential)"
     else:
-        sampler = "pyro_kr.reference.nuts (pymc.sample, NUTS)"
+        sampler = "pyro_kr.bench.reference.nuts (pymc.sample, NUTS)"
     post = idata.posterior
     names = problem.param_names
     rhat, ess_bulk, ess_tail = _diagnostics(idata, names)
@@ -303,7 +303,7 @@ def generate(
 def main(argv: list[str] | None = None) -> int:
     """Command line: regenerate shipped references (all MCMC-referenced problems by default)."""
     parser = argparse.ArgumentParser(
-        prog="python -m pyro_kr.problems.references", description=__doc__.split("\n")[0]
+        prog="python -m pyro_kr.bench.problems.references", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--problem", choices=sorted(SETTINGS), action="append")
     parser.add_argument("--draws", type=int, help="draws per chain (default: SETTINGS)")

@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Distribution
 
-from pyro_kr.problems.base import Problem
+from pyro_kr.bench.problems.base import Problem
 
 __all__ = ["LinearGaussian"]
 
@@ -36,7 +36,7 @@ class LinearGaussian(Problem):
         seed: seed of the forward matrix and of the benchmark observations.
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> p = problems.get("linear_gaussian")
         >>> mean, cov = p.exact_posterior(p.observation(0))
         >>> tuple(mean.shape), tuple(cov.shape)

@@ -34,7 +34,7 @@ class Problem(abc.ABC):
     """A benchmark posterior: Pyro model, PyMC twin, simulator, observations and references.
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> p = problems.get("linear_gaussian")
         >>> u, y = p.simulate(4, seed=0)
         >>> tuple(u["theta"].shape), tuple(y.shape)
@@ -125,7 +125,7 @@ class Problem(abc.ABC):
             The observed (or simulated) ``y``.
 
         Example:
-            >>> import pyro, pyro_kr.problems as problems
+            >>> import pyro, pyro_kr.bench.problems as problems
             >>> p = problems.get("banana")
             >>> tr = pyro.poutine.trace(p.model).get_trace(p.observation(0))
             >>> sorted(tr.stochastic_nodes)
@@ -140,7 +140,7 @@ class Problem(abc.ABC):
         """Return fixed benchmark observation ``index`` (float64, shape ``y_shape``).
 
         Example:
-            >>> import pyro_kr.problems as problems
+            >>> import pyro_kr.bench.problems as problems
             >>> problems.get("lotka_volterra").observation(0).shape
             torch.Size([22])
         """
@@ -166,7 +166,7 @@ class Problem(abc.ABC):
             ``(u, y)``: a dict name -> tensor ``(n, *site_shape)`` and a tensor ``(n, *y_shape)``.
 
         Example:
-            >>> import pyro_kr.problems as problems
+            >>> import pyro_kr.bench.problems as problems
             >>> u, y = problems.get("eight_schools").simulate(3, seed=1)
             >>> tuple(u["theta"].shape), tuple(y.shape)
             ((3, 8), (3, 8))
@@ -184,7 +184,7 @@ class Problem(abc.ABC):
         """``log p(u) + log p(y | u)`` for batched constrained latents ``u``; shape ``B``.
 
         Example:
-            >>> import pyro_kr.problems as problems
+            >>> import pyro_kr.bench.problems as problems
             >>> p = problems.get("funnel")
             >>> u, y = p.simulate(5, seed=0)
             >>> p.log_joint(u, p.observation(0)).shape
@@ -204,16 +204,16 @@ class Problem(abc.ABC):
     ) -> dict[str, np.ndarray]:
         """Reference posterior draws for observation ``index``: dict name -> ``(n, *shape)``.
 
-        The default loads the draws shipped in ``pyro_kr/data/references/`` (made by
-        ``python -m pyro_kr.problems.references``); ``num_samples`` keeps the first draws.
+        The default loads the draws shipped in ``pyro_kr/bench/data/references/`` (made by
+        ``python -m pyro_kr.bench.problems.references``); ``num_samples`` keeps the first draws.
 
         Example:
-            >>> import pyro_kr.problems as problems
+            >>> import pyro_kr.bench.problems as problems
             >>> ref = problems.get("eight_schools").reference(0, num_samples=100)
             >>> ref["theta"].shape
             (100, 8)
         """
-        from pyro_kr.problems.references import load_reference
+        from pyro_kr.bench.problems.references import load_reference
 
         self.observation(index)  # validates the index
         draws = load_reference(self.name, index)

@@ -1,7 +1,7 @@
 """Likelihood-free joint-sample tasks of Kerrigan et al. 2024 (Table 1): checkerboard, moons, circles,
 swissroll.
 
-The generators live in :mod:`pyro_kr.problems.joint2d` (``DATASETS[name](n, seed=...)`` returns
+The generators live in :mod:`pyro_kr.bench.problems.joint2d` (``DATASETS[name](n, seed=...)`` returns
 ``(u, y)``, each ``(n, 1)``). These problems wrap them in the registry API for simulation-based
 methods: ``simulate`` draws training pairs, and "observation ``i``" is test set ``i`` of the
 paper's protocol (five test sets of 5,000 joint draws): ``observation(i)`` is its ``y`` column,
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from pyro_kr.problems.base import Problem
+from pyro_kr.bench.problems.base import Problem
 
 __all__ = ["Checkerboard", "Circles", "Joint2DTask", "Moons", "SwissRoll"]
 
@@ -32,7 +32,7 @@ class Joint2DTask(Problem):
     """A 2-d joint distribution of ``(u, y)`` known only through its generator.
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> p = problems.get("moons")
         >>> u, y = p.simulate(100, seed=0)
         >>> tuple(u["u"].shape), tuple(y.shape)
@@ -43,7 +43,7 @@ class Joint2DTask(Problem):
     test_size: int = TEST_SIZE
 
     def _generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from pyro_kr.problems.joint2d import DATASETS
+        from pyro_kr.bench.problems.joint2d import DATASETS
 
         u, y = DATASETS[self.name](n, seed=seed)
         return u.to(torch.float64), y.to(torch.float64)

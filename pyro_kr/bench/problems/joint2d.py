@@ -19,7 +19,7 @@ seeded through a :class:`torch.Generator`, so they match scikit-learn in distrib
 number for number.
 
 Example:
-    >>> from pyro_kr.problems.joint2d import DATASETS
+    >>> from pyro_kr.bench.problems.joint2d import DATASETS
     >>> u, y = DATASETS["moons"](1000, seed=0)
     >>> u.shape, y.shape
     (torch.Size([1000, 1]), torch.Size([1000, 1]))

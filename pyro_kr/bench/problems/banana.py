@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Distribution
 
-from pyro_kr.problems.base import Problem
+from pyro_kr.bench.problems.base import Problem
 
 __all__ = ["Banana"]
 
@@ -32,7 +32,7 @@ class Banana(Problem):
         noise_sd: observation noise standard deviation.
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> problems.get("banana").observation(0).shape
         torch.Size([10])
     """

@@ -23,7 +23,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Distribution
 
-from pyro_kr.problems.base import Problem
+from pyro_kr.bench.problems.base import Problem
 
 __all__ = ["SymmetricModes", "mode_shares"]
 
@@ -56,7 +56,7 @@ class SymmetricModes(Problem):
         noise_sd: observation noise standard deviation.
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> p = problems.get("symmetric_modes")
         >>> p.observation(0).shape
         torch.Size([5, 2])

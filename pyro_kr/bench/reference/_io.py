@@ -1,4 +1,4 @@
-"""Every ArviZ call of :mod:`pyro_kr.reference`, in one place (arviz 0.23 ``InferenceData``).
+"""Every ArviZ call of :mod:`pyro_kr.bench.reference`, in one place (arviz 0.23 ``InferenceData``).
 
 Keeping them here means the switch to arviz 1.x (xarray ``DataTree``) touches one file.
 Functions: atomic netCDF write, strict netCDF read, ``from_dict`` and the convergence numbers

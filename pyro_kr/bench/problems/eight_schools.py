@@ -17,7 +17,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Distribution
 
-from pyro_kr.problems.base import Problem, Site
+from pyro_kr.bench.problems.base import Problem, Site
 
 __all__ = ["EightSchools"]
 
@@ -30,7 +30,7 @@ class EightSchools(Problem):
     """Centered eight schools; sites ``"mu"``, ``"tau"`` (scalars) and ``"theta"`` ``(8,)``.
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> problems.get("eight_schools").param_names
         ['mu', 'tau', 'theta']
     """

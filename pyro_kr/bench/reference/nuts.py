@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pyro_kr._validation import check_dim
-from pyro_kr.reference import _cache, _io
+from pyro_kr.bench.reference import _cache, _io
 
 METHODS = ("nuts", "demetropolisz")
 """Samplers :func:`nuts` accepts (``method=``)."""
@@ -44,7 +44,7 @@ def check_quality(idata, *, rhat_max: float, min_ess: float, what: str = "refere
 
     Example:
         >>> import numpy as np
-        >>> from pyro_kr.reference import _io
+        >>> from pyro_kr.bench.reference import _io
         >>> rng = np.random.default_rng(0)
         >>> check_quality(_io.from_dict({"x": rng.normal(size=(2, 400))}),
         ...               rhat_max=1.05, min_ess=100)
@@ -170,7 +170,7 @@ def load_or_build(
     ``build()`` returns ``(idata, wall seconds)``; ``build=None`` raises
     :class:`ReferenceNotCachedError` instead of sampling. A cache file that cannot be read or
     whose stored key differs is rebuilt with a ``RuntimeWarning``. Shared by :func:`nuts` and
-    :func:`pyro_kr.reference.nuts_from_pyro`.
+    :func:`pyro_kr.bench.reference.nuts_from_pyro`.
     """
     key = _cache.cache_key(name, digest, settings)
     path = _cache.cache_path(_cache.resolve_cache_dir(cache_dir), name, key) if cache else None
@@ -241,7 +241,7 @@ def nuts(
     """Sample a reference posterior with PyMC, check convergence and cache it.
 
     Args:
-        problem_or_model: a :mod:`pyro_kr.problems` Problem (its ``pymc_model(y)`` is sampled)
+        problem_or_model: a :mod:`pyro_kr.bench.problems` Problem (its ``pymc_model(y)`` is sampled)
             or a ``pymc.Model``.
         observation: index of the problem's benchmark observation, or the observation itself
             (array of the problem's data shape). Ignored for a ``pymc.Model``.
@@ -330,7 +330,7 @@ def to_draws(idata, names: list[str] | None = None) -> dict[str, np.ndarray]:
 
     Example:
         >>> import numpy as np
-        >>> from pyro_kr.reference import _io
+        >>> from pyro_kr.bench.reference import _io
         >>> d = to_draws(_io.from_dict({"x": np.zeros((2, 5, 3))}))
         >>> d["x"].shape
         (10, 3)
@@ -349,7 +349,7 @@ def summary(idata) -> dict[str, Any]:
 
     Example:
         >>> import numpy as np
-        >>> from pyro_kr.reference import _io
+        >>> from pyro_kr.bench.reference import _io
         >>> s = summary(_io.from_dict({"x": np.zeros((2, 5))}, attrs={"wall_time_s": 1.5}))
         >>> s["wall_time_s"], s["chains"], s["draws"]
         (1.5, 2, 5)

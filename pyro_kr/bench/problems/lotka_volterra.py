@@ -42,7 +42,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Distribution
 
-from pyro_kr.problems.base import Problem
+from pyro_kr.bench.problems.base import Problem
 
 __all__ = ["LotkaVolterra", "solve_lv_log", "solve_lv_log_autograd", "solve_lv_log_pytensor"]
 
@@ -335,7 +335,7 @@ class LotkaVolterra(Problem):
         substeps: RK4 steps per observation interval (both twins use the same value).
 
     Example:
-        >>> import pyro_kr.problems as problems
+        >>> import pyro_kr.bench.problems as problems
         >>> p = problems.get("lotka_volterra")
         >>> u, y = p.simulate(2, seed=0)
         >>> tuple(u["alpha"].shape), tuple(y.shape)

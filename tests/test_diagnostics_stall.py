@@ -1,5 +1,6 @@
 """Stall / collapse detection after a fit (issue 18, "no silent stall")."""
 
+import math
 import warnings
 
 import pyro
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import pyro_kr
-from pyro_kr.diagnostics.stall import FitWarning, check_fit
+from pyro_kr.diagnostics.stall import FitWarning, check_fit, compare_to_gaussian
 
 Y = torch.full((5,), 4.0)
 
@@ -87,3 +88,35 @@ def test_check_fit_validates_num_samples(bad):
     guide = pyro_kr.AutoKR(model, map="affine")
     with pytest.raises(ValueError):
         check_fit(guide, model, Y, num_samples=bad)
+
+
+def _weak(y):
+    z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    pyro.sample("y", dist.Normal(z.sum(-1), 100.0), obs=y)
+
+
+def test_autokr_worse_than_its_laplace_gaussian_is_reported():
+    # posterior ~ N(0, I) (the data say almost nothing); a guide twice too wide has a low
+    # k-hat (check_fit: ok) but an ELBO 2 * 0.5 * (4 - 1 - log 4) = 1.6 nats below the
+    # Laplace Gaussian's, which is exact here
+    pyro.clear_param_store()
+    guide = pyro_kr.AutoKR(_weak, map="affine", init_scale=2.0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pyro_kr.fit(_weak, guide, torch.tensor(0.0), steps=2, lr=1e-9, progress=False)
+    found = [str(w.message) for w in record if issubclass(w.category, FitWarning)]
+    assert len(found) == 1 and "worse than the Laplace Gaussian" in found[0]
+    assert "init_scale='laplace'" in found[0]
+    result = compare_to_gaussian(guide, _weak, torch.tensor(0.0), num_samples=4000)
+    assert result.worse and result.khat < 0.7
+    loc = guide.median(torch.tensor(0.0))["z"]  # init_to_median: near 0, not exactly
+    kl = 0.5 * float(loc @ loc) + 4 - 1 - math.log(4)  # KL(N(loc, 4 I) || N(0, I))
+    assert result.gaussian_elbo - result.elbo == pytest.approx(kl, abs=0.15)  # 3 se
+
+
+def test_laplace_gaussian_is_not_worse_than_itself():
+    pyro.clear_param_store()
+    guide = pyro_kr.AutoKR(model, map="affine", init_scale="laplace")
+    result = compare_to_gaussian(guide, model, Y, num_samples=1000)
+    assert not result.worse and result.message == ""
+    assert result.elbo == pytest.approx(result.gaussian_elbo, abs=4 * result.elbo_se + 1e-6)

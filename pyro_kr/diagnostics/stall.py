@@ -39,13 +39,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pyro
 import torch
 from pyro import poutine
 
 from pyro_kr.diagnostics._draws import draw_guide
 from pyro_kr.diagnostics.psis import KHAT_OK, PSISResult
 
-__all__ = ["ELBO_MARGIN", "FitCheck", "FitWarning", "SHIFT_TOL", "check_fit", "warn_if_unhealthy"]
+__all__ = [
+    "ELBO_MARGIN",
+    "FitCheck",
+    "FitWarning",
+    "GAUSSIAN_MARGIN",
+    "GaussianCheck",
+    "SHIFT_TOL",
+    "check_fit",
+    "compare_to_gaussian",
+    "warn_if_unhealthy",
+]
+
+GAUSSIAN_MARGIN = 0.05
+"""A guide whose ELBO is this many nats (plus 3 standard errors) below the Laplace Gaussian's
+is reported as worse than that Gaussian."""
+
+GAUSSIAN_CHECK_MAX_DIM = 200
+"""``fit`` compares an ``AutoKR`` with its Laplace Gaussian only up to this many latents (the
+Laplace fit needs a ``d x d`` Hessian)."""
 
 SHIFT_TOL = 0.5
 """A guide whose medians all lie within this many prior IQRs of the prior's has not moved."""
@@ -176,6 +195,103 @@ def check_fit(
     return FitCheck(status, khat, prior_khat, shift, elbo, prior_elbo, num_samples)
 
 
+@dataclass(frozen=True)
+class GaussianCheck:
+    """The outcome of :func:`compare_to_gaussian`: a guide against the Laplace Gaussian.
+
+    ``elbo``/``khat``: the guide's ELBO estimate and PSIS k-hat; ``gaussian_*``: the same for
+    the Laplace approximation (Gaussian in the packed unconstrained space at the posterior
+    mode); ``*_se``: standard errors of the two ELBO estimates (``num_samples`` draws each).
+    """
+
+    elbo: float
+    elbo_se: float
+    khat: float
+    gaussian_elbo: float
+    gaussian_elbo_se: float
+    gaussian_khat: float
+    num_samples: int
+
+    @property
+    def worse(self) -> bool:
+        """The guide's ELBO is below the Gaussian's by more than :data:`GAUSSIAN_MARGIN` nats
+        plus 3 combined standard errors."""
+        margin = GAUSSIAN_MARGIN + 3.0 * math.hypot(self.elbo_se, self.gaussian_elbo_se)
+        return self.elbo < self.gaussian_elbo - margin
+
+    @property
+    def message(self) -> str:
+        """Why the guide is worse than the Gaussian and the fixes (empty when it is not)."""
+        if not self.worse:
+            return ""
+        return (
+            "the fitted guide is worse than the Laplace Gaussian of the same model: ELBO "
+            f"{self.elbo:.4g} +- {self.elbo_se:.2g} (k-hat {self.khat:.2f}) vs the Gaussian's "
+            f"{self.gaussian_elbo:.4g} +- {self.gaussian_elbo_se:.2g} (k-hat "
+            f"{self.gaussian_khat:.2f}); {self.num_samples} draws each. Fixes: start the map "
+            "at the Gaussian, AutoKR(init_scale='laplace'); train longer or with a decaying "
+            "learning rate (pyro.optim.ClippedAdam({'lr': 1e-2, 'lrd': ...})); or use the "
+            "Gaussian, AutoKR(map='affine', init_scale='laplace')."
+        )
+
+
+def _elbo_and_se(log_weight: torch.Tensor) -> tuple[float, float]:
+    lw = log_weight.detach().to(torch.float64)
+    return float(lw.mean()), float(lw.std() / math.sqrt(lw.numel()))
+
+
+def compare_to_gaussian(
+    guide: Callable,
+    model: Callable,
+    *args: Any,
+    num_samples: int = 1000,
+    seed: int = 0,
+    vectorize: bool | None = None,
+    **kwargs: Any,
+) -> GaussianCheck:
+    """Compare a fitted guide with the Laplace Gaussian of ``model`` (ELBO and PSIS k-hat).
+
+    The Gaussian is :class:`~pyro_kr.AutoKR` with ``map="affine", init_scale="laplace"``,
+    untrained: ``N(mode, H^-1)`` in the packed unconstrained space (see
+    :mod:`pyro_kr.guides.laplace`), built in a separate parameter-store scope (the caller's
+    parameters are untouched). Both ELBOs are estimated from ``num_samples`` draws; the guide
+    is :attr:`GaussianCheck.worse` when its ELBO is below the Gaussian's by more than three
+    combined standard errors. The global RNG state is left as it was.
+
+    Raises:
+        LaplaceError: the posterior has no usable mode (e.g. a centered funnel): there is no
+            Laplace Gaussian to compare with.
+        ValueError: as :func:`check_fit`.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model():
+        ...     z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("x", dist.Normal(z, 0.1), obs=torch.tensor(3.0))
+        >>> pyro.clear_param_store()
+        >>> compare_to_gaussian(AutoNormal(model), model).worse  # untrained: at the prior
+        True
+    """
+    from pyro_kr.guides.autokr import AutoKR  # lazy: guides import the diagnostics
+
+    kwargs = dict(kwargs)
+    q = draw_guide(guide, model, args, kwargs, num_samples=num_samples, seed=seed,
+                   vectorize=vectorize)
+    init_loc_fn = getattr(guide, "init_loc_fn", None)
+    options = {} if init_loc_fn is None else {"init_loc_fn": init_loc_fn}
+    store = pyro.get_param_store()
+    with store.scope(), torch.random.fork_rng(devices=[]):
+        gaussian = AutoKR(model, map="affine", init_scale="laplace", **options)
+        g = draw_guide(gaussian, model, args, kwargs, num_samples=num_samples, seed=seed + 2,
+                       vectorize=vectorize)
+    elbo, elbo_se = _elbo_and_se(q.log_weight)
+    g_elbo, g_se = _elbo_and_se(g.log_weight)
+    khat = float(PSISResult.from_log_weights(q.log_weight).khat)
+    g_khat = float(PSISResult.from_log_weights(g.log_weight).khat)
+    return GaussianCheck(elbo, elbo_se, khat, g_elbo, g_se, g_khat, num_samples)
+
+
 def warn_if_unhealthy(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, *, num_samples: int = 500
 ) -> FitCheck | None:
@@ -192,4 +308,23 @@ def warn_if_unhealthy(
         return None
     if not result.ok and math.isfinite(result.khat):
         warnings.warn(result.message, FitWarning, stacklevel=3)
+    elif _wants_gaussian_check(guide):
+        try:
+            gaussian = compare_to_gaussian(guide, model, *args, num_samples=num_samples,
+                                           vectorize=True, **kwargs)
+        except Exception:  # noqa: BLE001 - no Laplace Gaussian (no mode): nothing to compare
+            return result
+        if gaussian.worse:
+            warnings.warn(gaussian.message, FitWarning, stacklevel=3)
     return result
+
+
+def _wants_gaussian_check(guide: Callable) -> bool:
+    """A dense ``AutoKR`` of at most :data:`GAUSSIAN_CHECK_MAX_DIM` latents."""
+    from pyro_kr.guides.autokr import AutoKR  # lazy: guides import the diagnostics
+
+    return (
+        isinstance(guide, AutoKR)
+        and guide.structure_plan is None
+        and 0 < getattr(guide, "latent_dim", 0) <= GAUSSIAN_CHECK_MAX_DIM
+    )

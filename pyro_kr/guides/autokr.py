@@ -150,6 +150,11 @@ class AutoKR(KRQueries, PackedKRGuide):
             return subsampled_forward(self, *args, **kwargs)
         return super().forward(*args, **kwargs)
 
+    @property
+    def structure_plan(self):
+        """The plate plan of ``structure="plates"`` in use, or ``None`` (a dense map)."""
+        return self._plate_plan
+
     def _map(self) -> ComposeTransformModule:
         # Read the submodule without PyroModule.__getattr__, which inside forward() issues a
         # pyro.module statement (a walk over every parameter) on each access; get_transform

@@ -6,7 +6,8 @@ likelihood on simulations) this script trains :class:`pyro_kr.AmortizedKR` once 
 * Lotka-Volterra (docs/problems.md, fixed observation): W2 (sqrt of POT ``emd2``, squared
   Euclidean cost, raw parameter values) and unbiased RBF MMD^2 (median heuristic) between
   ``--n-test`` posterior draws and the shipped PyMC reference, over ``--test-sets`` test sets,
-  with the reference-vs-reference noise floor (same ``n``) beside them; Kerrigan et al. 2024's COT-FM
+  with the reference-vs-reference noise floor (same ``n``) beside them; Kerrigan et al. 2024's
+  COT-FM
   target is W2 < 0.0402 and MMD < 0.95e-3;
 * the time to 10,000 posterior draws for a *new* observation (median of repeats, 1 and 2
   threads) and its ratio to the wall time of the shipped PyMC reference run;

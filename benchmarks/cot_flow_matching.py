@@ -1,6 +1,8 @@
-"""Benchmark: conditional-OT flow matching (COT-FM) vs plain flow matching (FM), Kerrigan et al. 2024.
+"""Benchmark: conditional-OT flow matching (COT-FM) vs plain flow matching (FM), Kerrigan et al.
+2024.
 
-Table 1 protocol (Kerrigan et al. 2024, app. F.1): for checkerboard, moons, circles and swissroll, train on
+Table 1 protocol (Kerrigan et al. 2024, app. F.1): for checkerboard, moons, circles and swissroll,
+train on
 20,000 pairs (plus 20,000 independent ``y`` for the source and 1,000 held-out pairs for model
 selection by validation W2), then on 5 test sets of 5,000: draw ``y`` from the generator, sample
 ``u ~ q(u | y)`` and compare the joint ``(y, u)`` with 5,000 fresh generator draws by W2
@@ -45,7 +47,8 @@ PAPER_MMD = {"checkerboard": 0.17, "moons": 0.13, "circles": 0.20, "swissroll": 
              "lotka_volterra": 0.95}  # x 1e-3
 PAPER_FM_W2 = {"checkerboard": 8.81, "moons": 15.55, "circles": 7.03, "swissroll": 8.18,
                "lotka_volterra": 11.41}
-# "cot": minibatch plans (Kerrigan et al. 2024's choice for the 2-D sets); "cot_full": one plan on the
+# "cot": minibatch plans (Kerrigan et al. 2024's choice for the 2-D sets); "cot_full": one plan on
+# the
 # whole training set (its choice for Lotka-Volterra, which always uses the full plan).
 COUPLING = {"cot": "minibatch", "cot_full": "full", "fm": "independent"}
 

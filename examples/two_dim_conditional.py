@@ -1,4 +1,5 @@
-"""Conditional sampling on a 2-D joint with COT flow matching (Kerrigan et al. 2024, Table 1 datasets).
+"""Conditional sampling on a 2-D joint with COT flow matching (Kerrigan et al. 2024, Table 1
+datasets).
 
 Trains :class:`pyro_kr.flow_matching.COTFlowMatching` on ``(u, y)`` pairs from one of the 2-D
 joint distributions (moons, checkerboard, circles, swissroll), then samples ``u ~ q(u | y)`` for
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     pyro.set_rng_seed(0)
 
     u, y = DATASETS[args.dataset](args.n_train, seed=0)
-    _, y_source = DATASETS[args.dataset](args.n_train, seed=1)  # independent source y (Kerrigan et al. 2024)
+    # independent source y (Kerrigan et al. 2024)
+    _, y_source = DATASETS[args.dataset](args.n_train, seed=1)
     cot = COTFlowMatching(dim_u=1, dim_y=1, width=args.width, depth=3 if args.smoke else 4)
     history = cot.fit(u=u, y=y, y_source=y_source, steps=args.steps, batch_size=256,
                       coupling=args.coupling, eps=args.eps, sigma=1e-2, lr=1e-3,

@@ -1,4 +1,5 @@
-"""Tests for pyro_kr.bench.reference: cache keys, quality checks, cache IO, NUTS and nuts_from_pyro."""
+"""Tests for pyro_kr.bench.reference: cache keys, quality checks, cache IO, NUTS and
+nuts_from_pyro."""
 
 from __future__ import annotations
 

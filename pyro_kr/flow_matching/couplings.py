@@ -1,4 +1,5 @@
-"""Conditional optimal-transport couplings between source and target pairs (Kerrigan et al. 2024, sec. 6).
+"""Conditional optimal-transport couplings between source and target pairs (Kerrigan et al. 2024,
+sec. 6).
 
 The source keeps the data ``y`` of each pair and replaces the parameters ``u`` by noise; the
 coupling is an exact OT plan (POT's ``ot.emd``, called on torch tensors) for the cost
@@ -217,7 +218,8 @@ def block_plan_sampler(
     A full plan on ``n`` pairs needs ``O(n^2)`` memory (about 16 GB at ``n = 20,000``). Here the
     target pairs are split at random into ``k = ceil(max(n, m) / block_size)`` blocks, the source
     pairs likewise (by the same permutation when ``n == m``), and each block gets its exact
-    :func:`cot_plan`: minibatch OT with very large, fixed minibatches (Kerrigan et al. 2024 used minibatch
+    :func:`cot_plan`: minibatch OT with very large, fixed minibatches (Kerrigan et al. 2024 used
+    minibatch
     plans where a full plan did not fit). Block ``b`` carries mass ``|T_b| / m``, so every target
     pair keeps weight ``1 / m``. POT has no such blocked solver, hence this function.
 

@@ -249,7 +249,8 @@ def train_flow_matching(
     checkpoint: str | os.PathLike | None = None,
     extra_state: Callable[[], dict] | None = None,
 ) -> FlowMatchingHistory:
-    """Regress ``velocity`` on ``u1 - u0`` along coupled straight paths (Kerrigan et al. 2024, eq. 10).
+    """Regress ``velocity`` on ``u1 - u0`` along coupled straight paths (Kerrigan et al. 2024, eq.
+    10).
 
     Per step: draw a coupled batch, ``t ~ U(0, 1)``, ``z_t = t z1 + (1 - t) z0 + sigma * noise``
     on both blocks, loss ``mean |v(t, y_t, u_t) - (u1 - u0)|^2``, one Adam step (learning rate

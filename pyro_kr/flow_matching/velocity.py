@@ -44,7 +44,8 @@ def call_velocity(
 
 
 class VelocityMLP(nn.Module):
-    """MLP ``v(t, y, u)`` on the concatenation ``(u, y, t)`` with SeLU activations (Kerrigan et al. 2024, F).
+    """MLP ``v(t, y, u)`` on the concatenation ``(u, y, t)`` with SeLU activations (Kerrigan et
+    al. 2024, F).
 
     Args:
         dim_u: dimension of ``u`` (the output dimension).

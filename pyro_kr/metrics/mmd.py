@@ -52,8 +52,9 @@ def _kernel_sum(a: torch.Tensor, b: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 # Bandwidth h = 1/sqrt(2), i.e. the kernel exp(-|a - b|^2): the fixed kernel of the MMD in
-# Wang et al. 2023's PCP-Map code (src/mmd.py, alpha = 1), whose baselines Kerrigan et al. 2024 ran with
-# that code. Kerrigan et al. 2024 does not state its own kernel; the benchmarks report both conventions.
+# Wang et al. 2023's PCP-Map code (src/mmd.py, alpha = 1), whose baselines Kerrigan et al. 2024
+# ran with that code. Kerrigan et al. 2024 does not state its own kernel; the benchmarks report
+# both conventions.
 UNIT_KERNEL_BANDWIDTH = 2.0**-0.5
 
 

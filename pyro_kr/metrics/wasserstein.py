@@ -1,6 +1,7 @@
 """Wasserstein-2 distances between two sets of draws: exact (POT ``emd2``) and sliced.
 
-The exact distance is the Kerrigan et al. 2024 protocol (Kerrigan et al. 2024, sec. 7, Tables 1-2; their
+The exact distance is the Kerrigan et al. 2024 protocol (Kerrigan et al. 2024, sec. 7, Tables 1-2;
+their
 code computes ``sqrt(ot.emd2(a, b, ot.dist(X, Y)))``): uniform weights, squared Euclidean
 ground cost on the raw parameter values, square root of the optimal cost.
 """

@@ -6,7 +6,8 @@ learned. The layout follows the paper's public code (github GavinKerrigan/cot_fm
 ``data/synthetic.py``, which stores samples "in (u, y) format" and conditions on coordinate 1):
 column 0 of each 2-D point is ``u`` and column 1 is ``y``.
 
-* ``checkerboard``: the generator of Hosseini et al. (2023), used by Kerrigan et al. 2024: ``u ~ U[-1, 1]``;
+* ``checkerboard``: the generator of Hosseini et al. (2023), used by Kerrigan et al. 2024: ``u ~
+  U[-1, 1]``;
   given the column of ``u`` the point lies uniformly in one of the two squares of that column.
 * ``moons``: scikit-learn's ``make_moons(noise=0.05)``, then ``(x - (0.5, 0.25)) / sqrt((0.75,
   0.25))``. The paper's text calls ``(0.75, 0.25)`` a standard deviation, but its code divides by
@@ -50,7 +51,8 @@ def _split(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def checkerboard(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n`` points of the checkerboard joint (Hosseini et al., 2023; Kerrigan et al. 2024 F.1).
+    """Draw ``n`` points of the checkerboard joint (Hosseini et al., 2023; Kerrigan et al. 2024
+    F.1).
 
     ``u ~ U[-1, 1]``. For ``u`` in ``[-1, -0.5]`` or ``[0, 0.5]``, ``y`` is uniform on
     ``[0, 0.5]`` or ``[-1, -0.5]`` (probability 1/2 each); for ``u`` in ``[-0.5, 0]`` or
@@ -140,7 +142,8 @@ def moons(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def circles(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n`` points of the two-circles joint (``factor=0.5, noise=0.05``; Kerrigan et al. 2024 F.1).
+    """Draw ``n`` points of the two-circles joint (``factor=0.5, noise=0.05``; Kerrigan et al.
+    2024 F.1).
 
     Args:
         n: number of points.
@@ -184,4 +187,5 @@ DATASETS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "circles": circles,
     "swissroll": swissroll,
 }
-"""``name -> generator(n, *, seed) -> (u, y)``, each ``(n, 1)`` float32 (Kerrigan et al. 2024, Table 1)."""
+"""``name -> generator(n, *, seed) -> (u, y)``, each ``(n, 1)`` float32 (Kerrigan et al. 2024,
+Table 1)."""

@@ -1,7 +1,9 @@
-"""Likelihood-free joint-sample tasks of Kerrigan et al. 2024 (Table 1): checkerboard, moons, circles,
+"""Likelihood-free joint-sample tasks of Kerrigan et al. 2024 (Table 1): checkerboard, moons,
+circles,
 swissroll.
 
-The generators live in :mod:`pyro_kr.bench.problems.joint2d` (``DATASETS[name](n, seed=...)`` returns
+The generators live in :mod:`pyro_kr.bench.problems.joint2d` (``DATASETS[name](n, seed=...)``
+returns
 ``(u, y)``, each ``(n, 1)``). These problems wrap them in the registry API for simulation-based
 methods: ``simulate`` draws training pairs, and "observation ``i``" is test set ``i`` of the
 paper's protocol (five test sets of 5,000 joint draws): ``observation(i)`` is its ``y`` column,

@@ -1,4 +1,5 @@
-"""``lotka_volterra``: the predator-prey inverse problem of Kerrigan et al. 2024 (sec. 7, app. F.2).
+"""``lotka_volterra``: the predator-prey inverse problem of Kerrigan et al. 2024 (sec. 7, app.
+F.2).
 
 Exactly the setting of docs/problems.md (and the public code of Kerrigan et al. 2024):
 

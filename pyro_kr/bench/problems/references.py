@@ -13,11 +13,11 @@ Regenerate (PyMC NUTS on the problem's twin; see ``SETTINGS``)::
     python -m pyro_kr.bench.problems.references                 # every MCMC-referenced problem
     python -m pyro_kr.bench.problems.references --problem lotka_volterra --draws 2000
 
-Every run goes through :mod:`pyro_kr.bench.reference` (:func:`~pyro_kr.bench.reference.nuts` on the PyMC
-twin, uncached, or :func:`~pyro_kr.bench.reference.nuts_from_pyro`), the one reference builder; this
-module adds the per-problem ``SETTINGS`` (the Lotka-Volterra twin needs PyTensor's numba
-backend, ``compile_mode``: one gradient costs ~1 ms with numba and ~15 ms with the C backend),
-the R-hat / ESS gate and the shipped files.
+Every run goes through :mod:`pyro_kr.bench.reference` (:func:`~pyro_kr.bench.reference.nuts`
+on the PyMC twin, uncached, or :func:`~pyro_kr.bench.reference.nuts_from_pyro`), the one
+reference builder; this module adds the per-problem ``SETTINGS`` (the Lotka-Volterra twin
+needs PyTensor's numba backend, ``compile_mode``: one gradient costs ~1 ms with numba and
+~15 ms with the C backend), the R-hat / ESS gate and the shipped files.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def load_reference(name: str, index: int = 0) -> dict[str, np.ndarray]:
         shipped = sorted(p.stem for p in reference_dir().glob("*.npz"))
         raise ValueError(
             f"no shipped reference for {name!r} observation {index} (expected {path.name}); "
-            f"shipped: {shipped}. Build one with pyro_kr.bench.reference.nuts(problem, {index}) or "
-            f"python -m pyro_kr.bench.problems.references --problem {name}"
+            f"shipped: {shipped}. Build one with pyro_kr.bench.reference.nuts(problem, {index}) "
+            f"or python -m pyro_kr.bench.problems.references --problem {name}"
         )
     regenerate = (
         f"regenerate it with `python -m pyro_kr.bench.problems.references --problem {name}` (or "

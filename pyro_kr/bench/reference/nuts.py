@@ -241,7 +241,8 @@ def nuts(
     """Sample a reference posterior with PyMC, check convergence and cache it.
 
     Args:
-        problem_or_model: a :mod:`pyro_kr.bench.problems` Problem (its ``pymc_model(y)`` is sampled)
+        problem_or_model: a :mod:`pyro_kr.bench.problems` Problem (its ``pymc_model(y)`` is
+        sampled)
             or a ``pymc.Model``.
         observation: index of the problem's benchmark observation, or the observation itself
             (array of the problem's data shape). Ignored for a ``pymc.Model``.

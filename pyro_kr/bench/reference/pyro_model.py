@@ -225,7 +225,8 @@ def nuts_from_pyro(
 
     Returns:
         ``arviz.InferenceData`` whose ``posterior`` holds each constrained latent site with
-        shape ``(chains, draws, *site_shape)``; attributes as in :func:`~pyro_kr.bench.reference.nuts`.
+        shape ``(chains, draws, *site_shape)``; attributes as in
+        :func:`~pyro_kr.bench.reference.nuts`.
 
     Raises:
         ReferenceQualityError: R-hat above ``rhat_max`` or bulk ESS below ``min_ess``.

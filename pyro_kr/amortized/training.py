@@ -206,7 +206,7 @@ def fit_amortized(
             unless ``simulations`` is given).
         simulations: a bank of simulations to train on instead of simulating: dict site name
             -> ``(n, *site_shape)`` constrained values of every latent and observed site (what
-            :func:`~pyro_kr.amortized.simulate.simulate_pairs` returns), e.g. to give several
+            :func:`~pyro_kr.traces.simulate_pairs` returns), e.g. to give several
             methods the same simulations; ``num_simulations`` is then ``n``. Or a
             :class:`~pyro_kr.SimulationBank` from :func:`pyro_kr.simulate`: one written with
             ``path=`` is streamed shard by shard (it may exceed memory), with a seeded

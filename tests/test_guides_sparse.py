@@ -167,15 +167,19 @@ def test_subsampled_elbo_is_unbiased():
 
 
 def test_unsupported_structure_falls_back_with_logged_reason(caplog):
-    def nested(y):
+    def crossed(y):  # crossed effects: no plate holds every local site
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
-        with pyro.plate("a", 3, dim=-2), pyro.plate("b", 2, dim=-1):
-            pyro.sample("z", dist.Normal(mu, 1.0))
+        with pyro.plate("a", 3, dim=-2):
+            u = pyro.sample("u", dist.Normal(mu, 1.0))
+        with pyro.plate("b", 2, dim=-1):
+            v = pyro.sample("v", dist.Normal(mu, 1.0))
+        with pyro.plate("a2", 3, dim=-2), pyro.plate("b2", 2, dim=-1):
+            pyro.sample("y", dist.Normal(u + v, 1.0), obs=y)
 
-    guide = pyro_kr.AutoKR(nested, structure="plates", map="affine")
+    guide = pyro_kr.AutoKR(crossed, structure="plates", map="affine")
     with caplog.at_level(logging.WARNING, logger="pyro_kr.guides.sparse"):
-        guide(None)
-    assert "nested plates" in caplog.text and "dense" in caplog.text
+        guide(torch.zeros(3, 2))
+    assert "no plate holds every local latent site" in caplog.text and "dense" in caplog.text
     assert not isinstance(guide.transform, SparseKRMap)
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import ExitStack
 
 import pyro
 import pyro.distributions as dist
@@ -48,7 +49,7 @@ from torch import nn
 from torch.distributions import Transform
 from torch.nn import functional as F
 
-from pyro_kr.guides.structure import PlatePlan, plate_plan
+from pyro_kr.guides.structure import PlatePlan, group_positions, plate_plan
 from pyro_kr.traces import guide_plates
 from pyro_kr.transforms import (
     ConditionalMonotoneTriangular,
@@ -70,6 +71,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MIN_DIAG = 1e-6
+EMBEDDING_DIM = 2  # learned per-group context of the shared conditional map
 
 
 def _softplus_inverse(value: float) -> float:
@@ -79,34 +81,60 @@ def _softplus_inverse(value: float) -> float:
 class LocalMap(nn.Module):
     """``z_i = b_i + A_i x_g + L_i S(x_i; x_g)``: per-group heads and one shared ``S``.
 
+    Each head is pooled: ``b_i = b + db_i``, ``A_i = A + dA_i``, ``L_i`` from
+    ``u + du_i`` (diagonal, through softplus) and ``O + dO_i`` (strictly lower part), with the
+    shared ``(b, A, u, O)`` and the per-group deviations as parameters. The family is the same
+    as with free heads; the shared part gives the optimizer a direction that moves every group
+    at once, with the gradient summed over the groups (in a centered hierarchy the groups'
+    locations follow the global location; free heads drift there one group at a time).
+
     Args:
         num_groups: ``N``.
         global_dim: ``d_g`` (the context of ``S``).
         local_dim: ``d_l``.
-        loc: initial ``b``, shape ``(N, d_l)``.
+        loc: initial ``b_i``, shape ``(N, d_l)``.
         init_scale: initial diagonal of every ``L_i``.
         map_kind: ``"affine"`` (``S`` conditional affine) or ``"monotone"``.
         depth: conditional monotone layers for ``"monotone"``.
+        pooled: ``False`` keeps only the per-group parameters (free heads).
         **map_options: passed to :class:`~pyro_kr.ConditionalMonotoneTriangular`.
+
+    Example:
+        >>> import torch
+        >>> m = LocalMap(5, 2, 1, loc=torch.zeros(5, 1), init_scale=0.1, map_kind="affine",
+        ...              depth=1)
+        >>> [t.shape for t in m.heads(torch.tensor([0, 3]))]
+        [torch.Size([2, 1]), torch.Size([2, 1, 2]), torch.Size([2, 1]), torch.Size([2, 1, 1])]
     """
 
     def __init__(
         self, num_groups: int, global_dim: int, local_dim: int, *, loc: torch.Tensor,
-        init_scale: float, map_kind: str, depth: int, **map_options,
+        init_scale: float, map_kind: str, depth: int, pooled: bool = True,
+        embedding_dim: int | None = None, **map_options,
     ) -> None:
         super().__init__()
         n, dl, dg = num_groups, local_dim, global_dim
-        self.loc = nn.Parameter(loc.detach().clone().reshape(n, dl))
+        loc = loc.detach().reshape(n, dl)
+        center = loc.mean(0) if pooled else torch.zeros_like(loc[0])
+        self.pooled = pooled
+        self.loc = nn.Parameter((loc - center).clone())
         self.coupling = nn.Parameter(torch.zeros(n, dl, dg).to(loc))
-        self.unconstrained_diag = nn.Parameter(
-            torch.full((n, dl), _softplus_inverse(init_scale)).to(loc)
-        )
+        raw = _softplus_inverse(init_scale)
+        self.unconstrained_diag = nn.Parameter(torch.full((n, dl), 0.0 if pooled else raw).to(loc))
         self.off_diag = nn.Parameter(torch.zeros(n, dl, dl).to(loc))
+        if pooled:
+            self.loc_shared = nn.Parameter(center.clone())
+            self.coupling_shared = nn.Parameter(torch.zeros(dl, dg).to(loc))
+            self.unconstrained_diag_shared = nn.Parameter(torch.full((dl,), raw).to(loc))
+            self.off_diag_shared = nn.Parameter(torch.zeros(dl, dl).to(loc))
         self.register_buffer("_strict_lower", torch.ones(dl, dl).tril(-1).to(loc), False)
+        k = EMBEDDING_DIM if embedding_dim is None else embedding_dim
+        self.embedding = nn.Parameter(torch.randn(n, k).to(loc)) if k else None
+        c = dg + k
         if map_kind == "affine":
-            layers = [ConditionalTriangularAffine(dl, dg)]
+            layers = [ConditionalTriangularAffine(dl, c)]
         else:
-            layers = [ConditionalMonotoneTriangular(dl, dg, **map_options) for _ in range(depth)]
+            layers = [ConditionalMonotoneTriangular(dl, c, **map_options) for _ in range(depth)]
         self.shared = nn.ModuleList(layers).to(loc)
 
     def heads(self, index: torch.Tensor | None):
@@ -115,6 +143,11 @@ class LocalMap(nn.Module):
         if index is not None:
             params = tuple(p.index_select(0, index) for p in params)
         loc, coupling, raw, off = params
+        if self.pooled:
+            loc = loc + self.loc_shared
+            coupling = coupling + self.coupling_shared
+            raw = raw + self.unconstrained_diag_shared
+            off = off + self.off_diag_shared
         diag = F.softplus(raw) + _MIN_DIAG
         tril = off * self._strict_lower + torch.diag_embed(diag)
         return loc, coupling, diag, tril
@@ -142,13 +175,20 @@ class LocalTransform(ParameterAwareCache, Transform):
         return tuple(self.local.parameters())
 
     def _condition(self, layer: nn.Module, u: torch.Tensor) -> Transform:
-        # The context is the same for every group: an affine layer's (loc, L) are computed
-        # once per draw and broadcast over the groups; a monotone layer's network also reads
-        # the group's own coordinates, so it runs per (draw, group).
-        if isinstance(layer, ConditionalTriangularAffine):
+        # Without group embeddings the context is the same for every group: an affine
+        # layer's (loc, L) are computed once per draw and broadcast over the groups; a
+        # monotone layer's network also reads the group's own coordinates, so it runs per
+        # (draw, group). With embeddings the context is (globals, group embedding).
+        emb = self.local.embedding
+        if emb is None and isinstance(layer, ConditionalTriangularAffine):
             return layer.condition(self.context)
         batch = torch.broadcast_shapes(u.shape[:-1], self.context.shape[:-1])
-        return layer.condition(self.context.expand(batch + self.context.shape[-1:]))
+        context = self.context.expand(batch + self.context.shape[-1:])
+        if emb is not None:
+            if self.index is not None:
+                emb = emb.index_select(0, self.index)
+            context = torch.cat([context, emb.expand(batch + emb.shape[-1:])], dim=-1)
+        return layer.condition(context)
 
     def _shift(self, loc, coupling) -> torch.Tensor:
         return loc + (coupling @ self.context.unsqueeze(-1)).squeeze(-1)
@@ -194,6 +234,8 @@ class SparseKRMap(ParameterAwareCache, TransformModule):
         plan: the :class:`~pyro_kr.guides.structure.PlatePlan`.
         global_map: the dense map of the ``d_g`` global coordinates.
         local: the :class:`LocalMap` of the groups.
+        positions: ``(N, d_l)`` position of each group's coordinates among the packed locals
+            (:func:`~pyro_kr.guides.structure.group_positions`).
 
     Indexing (``map[-1]``) returns the layers of the globals' map (its outermost affine
     layer holds the reference dtype and device, as in the dense ``AutoKR``).
@@ -204,29 +246,34 @@ class SparseKRMap(ParameterAwareCache, TransformModule):
     bijective = True
     sign = +1
 
-    def __init__(self, plan: PlatePlan, global_map: ComposeTransformModule, local: LocalMap):
+    def __init__(
+        self, plan: PlatePlan, global_map: ComposeTransformModule, local: LocalMap,
+        positions: torch.Tensor,
+    ):
         super().__init__(cache_size=1)
         self.plan = plan
         self.global_map = global_map
         self.local = local
         self.global_dim = global_map[-1].loc.numel()
+        device = global_map[-1].loc.device
+        gather = positions.reshape(-1).to(device)
+        self.register_buffer("_gather", gather, persistent=False)
+        self.register_buffer("_scatter", torch.argsort(gather), persistent=False)
+        self.register_buffer("_positions", positions.to(device), persistent=False)
         self._cached_log_det = None
 
     def __getitem__(self, index):
         return self.global_map[index]
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, sizes = self.plan.full_size, self.plan.local_sizes
+        """``x (..., d)`` -> globals ``(..., d_g)`` and groups ``(..., N, d_l)``."""
         x_g, rest = x[..., : self.global_dim], x[..., self.global_dim :]
-        blocks = rest.split([n * s for s in sizes], dim=-1)
-        batch = x.shape[:-1]
-        parts = [b.reshape(batch + (n, s)) for b, s in zip(blocks, sizes, strict=True)]
-        return x_g, torch.cat(parts, dim=-1)
+        rows = rest.index_select(-1, self._gather)
+        return x_g, rows.reshape(x.shape[:-1] + tuple(self._positions.shape))
 
     def _merge(self, z_g: torch.Tensor, z_loc: torch.Tensor) -> torch.Tensor:
-        batch = z_loc.shape[:-2]
-        blocks = z_loc.split(list(self.plan.local_sizes), dim=-1)
-        return torch.cat([z_g] + [b.reshape(batch + (-1,)) for b in blocks], dim=-1)
+        rest = z_loc.reshape(z_loc.shape[:-2] + (-1,)).index_select(-1, self._scatter)
+        return torch.cat([z_g, rest], dim=-1)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         x_g, x_loc = self._split(x)
@@ -269,7 +316,7 @@ def choose_plan(guide) -> PlatePlan | None:
     if isinstance(plan, PlatePlan) and plan.subsampled and plan.dim != -1:
         plan = (
             f"the subsampled plate {plan.plate!r} has dim {plan.dim}; subsampling with the "
-            "sparse map needs the local plate at dim -1"
+            "sparse map needs the group plate at dim -1"
         )
     if isinstance(plan, PlatePlan) and guide._init_scale == "laplace":
         plan = "init_scale='laplace' builds a dense d x d factor"
@@ -292,12 +339,13 @@ def build_sparse_map(guide, plan: PlatePlan) -> SparseKRMap:
     for name in plan.globals:
         value = nodes[name]["value"].detach()
         glob.append(biject_to(nodes[name]["fn"].support).inv(value).reshape(-1))
-    for name in plan.locals:
+    for name, axis in zip(plan.locals, plan.group_axes, strict=True):
         value = biject_to(nodes[name]["fn"].support).inv(nodes[name]["value"].detach())
-        if value.shape[0] != n:
-            value = periodic_repeat(value, n, 0).contiguous()
+        if value.shape[axis] != n:  # a subsampled prototype: the guide holds all N groups
+            value = periodic_repeat(value, n, axis).contiguous()
+            nodes[name]["value"] = biject_to(nodes[name]["fn"].support)(value)
         guide._unconstrained_shapes[name] = value.shape
-        loc_parts.append(value.reshape(n, -1))
+        loc_parts.append(value.movedim(axis, 0).reshape(n, -1))
     guide.latent_dim = sum(math.prod(s) for s in guide._unconstrained_shapes.values())
     loc_g = torch.cat(glob)
     dg = loc_g.numel()
@@ -314,7 +362,8 @@ def build_sparse_map(guide, plan: PlatePlan) -> SparseKRMap:
         n, dg, plan.local_dim, loc=torch.cat(loc_parts, dim=-1), init_scale=guide._init_scale,
         map_kind=guide._map_kind, depth=guide._depth, **guide._map_options,
     )
-    return SparseKRMap(plan, global_map, local)
+    positions = group_positions(plan, guide._unconstrained_shapes)
+    return SparseKRMap(plan, global_map, local, positions)
 
 
 def _delta(site: dict, unconstrained: torch.Tensor) -> dist.Delta:
@@ -366,25 +415,31 @@ def subsampled_forward(guide, *args, **kwargs) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(index, device=ref.device)
         zeros = ref.new_zeros(index.shape + (dl,))
         local = LocalTransform(smap.local, x_g, index)
-        offsets = torch.tensor(
-            [0] + [plan.full_size * s for s in plan.local_sizes[:-1]], device=ref.device
-        ).cumsum(0)
-        kr_index = torch.cat(
-            [
-                dg + o + index.unsqueeze(-1) * s + torch.arange(s, device=ref.device)
-                for o, s in zip(offsets.tolist(), plan.local_sizes, strict=True)
-            ],
-            dim=-1,
-        ).to(ref.dtype)
+        kr_index = (dg + smap._positions.index_select(0, index)).to(ref.dtype)
         z_loc = pyro.sample(
             f"_{guide._pyro_name}_local",
             dist.TransformedDistribution(dist.Normal(zeros, 1.0).to_event(1), local),
             infer={"is_auxiliary": True, "kr_index": kr_index},
         )
-        start = 0
-        for name, size in zip(plan.locals, plan.local_sizes, strict=True):
-            shape = z_loc.shape[:-1] + tuple(guide._unconstrained_shapes[name])[1:]
-            block = z_loc[..., start : start + size].reshape(shape)
-            result[name] = pyro.sample(name, _delta(nodes[name], block))
+        start, b = 0, index.shape[0]
+        for name, size, axis, rank in zip(
+            plan.locals, plan.local_sizes, plan.group_axes, plan.batch_ranks, strict=True
+        ):
+            # z_loc: (*lead, [1 ...], B, d_l) with the group dim at -2; the site's value
+            # (*lead, *site shape) with the group axis at `axis` of the site shape
+            site_shape = list(guide._unconstrained_shapes[name])
+            rest = site_shape[:axis] + site_shape[axis + 1 :]
+            lead = z_loc.shape[: max(z_loc.dim() - 1 - rank, 0)]
+            block = z_loc[..., start : start + size].reshape(lead + (b, *rest))
+            block = block.movedim(len(lead), len(lead) + axis)
+            with ExitStack() as stack:
+                for frame in _plates_of(nodes[name]):
+                    if frame.name != plan.plate:
+                        stack.enter_context(plates[frame.name])
+                result[name] = pyro.sample(name, _delta(nodes[name], block))
             start += size
     return result
+
+
+def _plates_of(site: dict) -> list:
+    return [f for f in site["cond_indep_stack"] if f.vectorized]

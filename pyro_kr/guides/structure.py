@@ -8,9 +8,9 @@ group ``i`` depends on the globals' reference coordinates and on group ``i``'s o
 independence, so the prototype trace is enough to find the structure.
 
 :func:`plate_plan` returns a :class:`PlatePlan` when the trace has the supported structure
-(globals outside every plate; every other latent site in one and the same vectorized plate,
-whose dim is the site's leftmost), and otherwise a sentence saying why not, which
-``AutoKR`` logs before it falls back to the dense map.
+(globals outside every plate; one vectorized plate, the group plate, holding every other
+latent site, possibly with further nested plates), and otherwise a sentence saying why not,
+which ``AutoKR`` logs before it falls back to the dense map.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PlatePlan", "plate_plan"]
+__all__ = ["PlatePlan", "group_positions", "group_shape", "plate_plan"]
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,31 @@ class PlatePlan:
 
     Attributes:
         globals: global sites (outside every plate), in KR order.
-        locals: local sites (inside ``plate``), in KR order.
-        plate: name of the plate holding the local sites.
+        locals: local sites (inside ``plate``, possibly inside further nested plates too), in
+            KR order.
+        plate: name of the group plate: the plate every local site sits in.
         dim: the plate's (negative) dim.
         size: groups per evaluation (``subsample_size``; ``full_size`` without subsampling).
         full_size: number of groups ``N``.
-        local_sizes: unconstrained size of each local site per group.
+        local_sizes: unconstrained size of each local site per group (the product of its
+            unconstrained shape without the group axis).
+        group_axes: for each local site, the axis of its unconstrained shape that indexes the
+            groups (``0`` unless a nested plate sits left of the group plate).
+        batch_ranks: for each local site, the number of batch dims of its value.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model():
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("schools", 4, dim=-1):
+        ...         eta = pyro.sample("eta", dist.Normal(mu, 1.0))
+        ...         with pyro.plate("classes", 3, dim=-2):
+        ...             pyro.sample("theta", dist.Normal(eta, 1.0))
+        >>> tr = pyro.poutine.trace(model).get_trace()
+        >>> shapes = {n: tr.nodes[n]["value"].shape for n in ("mu", "eta", "theta")}
+        >>> plan = plate_plan(tr, shapes, ["mu", "eta", "theta"])
+        >>> plan.plate, plan.local_sizes, plan.group_axes
+        ('schools', (1, 3), (0, 1))
     """
 
     globals: tuple[str, ...]
@@ -44,6 +63,8 @@ class PlatePlan:
     size: int
     full_size: int
     local_sizes: tuple[int, ...]
+    group_axes: tuple[int, ...] = ()
+    batch_ranks: tuple[int, ...] = ()
 
     @property
     def local_dim(self) -> int:
@@ -59,8 +80,43 @@ def _plates(site: dict) -> list:
     return [f for f in site["cond_indep_stack"] if f.vectorized]
 
 
+def _full_size(frame) -> int:
+    return frame.full_size or frame.size
+
+
+def _group_plate(local_stacks: dict[str, list]):
+    """The plate shared by every local site (the groups), or the reason there is none."""
+    common = set.intersection(*({f.name for f in stack} for stack in local_stacks.values()))
+    frames = {f.name: f for stack in local_stacks.values() for f in stack}
+    if not common:
+        where = {name: [f.name for f in stack] for name, stack in local_stacks.items()}
+        return (
+            f"no plate holds every local latent site (plates per site: {where}); the sparse "
+            "map needs one plate shared by all local sites, whose groups are conditionally "
+            "independent given the global sites (crossed effects are not)"
+        )
+    subsampled = sorted(n for n, f in frames.items() if f.size != _full_size(f))
+    if len(subsampled) > 1:
+        return f"several plates are subsampled ({subsampled}); the sparse map subsamples one"
+    if subsampled:
+        if subsampled[0] not in common:
+            return (
+                f"the subsampled plate {subsampled[0]!r} does not hold every local site; the "
+                f"sparse map can subsample only the group plate (one of {sorted(common)})"
+            )
+        return frames[subsampled[0]]
+    # most groups = most sparsity; ties: the outermost plate (dim closest to -1), then name
+    return max((frames[n] for n in common), key=lambda f: (_full_size(f), f.dim, f.name))
+
+
 def plate_plan(trace, unconstrained_shapes: dict, order: list[str]) -> PlatePlan | str:
     """Return the :class:`PlatePlan` of a prototype trace, or the reason there is none.
+
+    Global sites sit outside every plate; local sites sit in plates, and one plate (the
+    group plate) must hold all of them. Further plates (nested inside or around the group
+    plate) only shape the per-group block: a school-level site ``(N,)`` and a class-level
+    site ``(C, N)`` in plates ``schools`` (``N``) and ``classes`` (``C``) give groups of
+    ``1 + C`` coordinates.
 
     Args:
         trace: the guide's prototype trace (latent sites only matter).
@@ -68,55 +124,69 @@ def plate_plan(trace, unconstrained_shapes: dict, order: list[str]) -> PlatePlan
         order: the latent sites in the guide's KR order.
     """
     nodes = trace.nodes
-    globals_, locals_, frames = [], [], {}
+    globals_, stacks = [], {}
     for name in order:
-        site = nodes[name]
-        stack = _plates(site)
-        if not stack:
+        stack = _plates(nodes[name])
+        if stack:
+            stacks[name] = stack
+        else:
             globals_.append(name)
-            continue
-        if len(stack) > 1:
-            return (
-                f"latent site {name!r} sits in nested plates "
-                f"{[f.name for f in stack]}; the sparse map supports one plate level"
-            )
-        frame = stack[0]
-        frames[frame.name] = frame
-        value = site["value"]
-        event_dim = site["fn"].event_dim
-        position = value.dim() - event_dim + frame.dim
-        shape = tuple(unconstrained_shapes[name])
-        if position != 0 or not shape or shape[0] != frame.size:
-            return (
-                f"the plate {frame.name!r} is not the leftmost dim of latent site {name!r} "
-                f"(value shape {tuple(value.shape)}, plate dim {frame.dim})"
-            )
-        locals_.append(name)
-    if not locals_:
+    if not stacks:
         return "no latent site sits in a plate"
-    if len(frames) > 1:
-        return f"local latent sites sit in different plates {sorted(frames)}"
     if not globals_:
         return "no global latent site (outside every plate) to condition the local sites on"
-    first_local = min(order.index(n) for n in locals_)
+    first_local = min(order.index(n) for n in stacks)
     if any(order.index(g) > first_local for g in globals_):
         return (
             f"the KR order {order} puts a local site before a global one; the sparse map "
             "needs the global sites first"
         )
-    (frame,) = frames.values()
-    full = frame.full_size or frame.size
-    sizes = tuple(
-        math.prod(tuple(unconstrained_shapes[n])[1:]) for n in locals_
-    )
-    if frame.size != full and frame.size < 1:
+    frame = _group_plate(stacks)
+    if isinstance(frame, str):
+        return frame
+    full = _full_size(frame)
+    sizes, axes, ranks = [], [], []
+    for name in stacks:
+        site = nodes[name]
+        batch_rank = site["value"].dim() - site["fn"].event_dim
+        axis = batch_rank + frame.dim
+        shape = tuple(unconstrained_shapes[name])
+        if not 0 <= axis < len(shape) or shape[axis] != frame.size:
+            return (
+                f"latent site {name!r} (value shape {tuple(site['value'].shape)}) has no "
+                f"batch dim for the plate {frame.name!r} at dim {frame.dim}"
+            )
+        sizes.append(math.prod(shape) // frame.size)
+        axes.append(axis)
+        ranks.append(batch_rank)
+    if frame.size < 1:
         return f"plate {frame.name!r} has an empty subsample"
     return PlatePlan(
-        globals=tuple(globals_), locals=tuple(locals_), plate=frame.name, dim=frame.dim,
-        size=frame.size, full_size=full, local_sizes=sizes,
+        globals=tuple(globals_), locals=tuple(stacks), plate=frame.name, dim=frame.dim,
+        size=frame.size, full_size=full, local_sizes=tuple(sizes), group_axes=tuple(axes),
+        batch_ranks=tuple(ranks),
     )
 
 
 def group_shape(plan: PlatePlan, n: int) -> torch.Size:
     """Batch shape of ``n`` groups placed at the plate's dim: ``(n, 1, ..., 1)``."""
     return torch.Size((n,) + (1,) * (-1 - plan.dim))
+
+
+def group_positions(plan: PlatePlan, shapes: dict) -> torch.Tensor:
+    """Position of each (group, local coordinate) in the packed locals, ``(N, d_l)`` long.
+
+    ``shapes``: the local sites' full unconstrained shapes. The locals are packed site by
+    site, each site flattened in its own (C) order; row ``i`` lists group ``i``'s coordinates
+    site by site, each site's in C order of its remaining axes, which is increasing in the
+    packed position, so a map that is lower-triangular per group is lower-triangular in the
+    packed order.
+    """
+    n, rows, offset = plan.full_size, [], 0
+    for name, size, axis in zip(plan.locals, plan.local_sizes, plan.group_axes, strict=True):
+        shape = tuple(shapes[name])
+        numel = math.prod(shape)
+        pos = torch.arange(numel).reshape(shape).movedim(axis, 0).reshape(n, size)
+        rows.append(pos + offset)
+        offset += numel
+    return torch.cat(rows, dim=-1)

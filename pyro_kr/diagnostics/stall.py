@@ -297,6 +297,9 @@ def warn_if_unhealthy(
 ) -> FitCheck | None:
     """Run :func:`check_fit` (vectorized draws only) and warn with its message if not ok.
 
+    For a dense :class:`~pyro_kr.AutoKR` not at the prior, also run
+    :func:`compare_to_gaussian` and warn when the guide is worse than the Laplace Gaussian.
+
     Returns the check, or ``None`` where it cannot run (a model that is not batch-safe, data
     subsampling, non-finite log weights, a guide that does not draw): ``fit`` calls this after
     training and must not fail because of it.
@@ -308,7 +311,7 @@ def warn_if_unhealthy(
         return None
     if not result.ok and math.isfinite(result.khat):
         warnings.warn(result.message, FitWarning, stacklevel=3)
-    elif _wants_gaussian_check(guide):
+    if result.status != "at_prior" and _wants_gaussian_check(guide):
         try:
             gaussian = compare_to_gaussian(guide, model, *args, num_samples=num_samples,
                                            vectorize=True, **kwargs)

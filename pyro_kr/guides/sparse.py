@@ -1,34 +1,42 @@
-"""The sparse Knothe-Rosenblatt map of a hierarchical model (``AutoKR(structure="auto")``).
+"""The sparse Knothe-Rosenblatt map of a hierarchical model (``AutoKR(structure="plates")``).
 
 With global latents ``z_g`` (outside every plate) and local latents ``z_1, ..., z_N`` (one
 block of ``d_l`` unconstrained coordinates per group of a ``pyro.plate``), conditionally
 independent given ``z_g``, the KR map from ``x = (x_g, x_1, ..., x_N) ~ N(0, I)`` in the order
 (globals, groups) has the form
 
-    z_g = T_g(x_g),        z_i = b_i + A_i x_g + L_i S(x_i; x_g),   i = 1..N,
+    z_g = T_g(x_g),        z_i = b_i + A_i x_g + L_i S(x_i; x_g, e_i),   i = 1..N,
 
 with ``T_g`` a dense monotone triangular map of the globals (as in the dense ``AutoKR``),
-``S(.; x_g)`` ONE conditional monotone triangular map shared by every group (a
+``S(.; x_g, e_i)`` ONE conditional monotone triangular map shared by every group (a
 :class:`~pyro_kr.ConditionalMonotoneTriangular` stack, or a
 :class:`~pyro_kr.ConditionalTriangularAffine` for ``map="affine"``) whose context is the
 globals' reference coordinates ``x_g = T_g^-1(z_g)`` (the globals' values in a well-scaled
-coordinate system), and a per-group affine head ``(b_i, A_i, L_i)``, ``L_i`` lower-triangular.
+coordinate system) and a learned group embedding ``e_i`` (``EMBEDDING_DIM`` numbers per group:
+the groups' conditionals differ in shape, e.g. with their data's noise level, which a shared
+map scaled per group cannot follow), and a per-group affine head ``(b_i, A_i, L_i)``, ``L_i``
+lower-triangular, pooled as a shared part plus a per-group deviation (:class:`LocalMap`).
 For a Gaussian posterior the head alone is the exact (sparse) Cholesky factor, so the affine
 map is exact there. The Jacobian is block lower-triangular with the zero pattern
 ``dz_i/dx_j = 0`` for ``j != i`` and ``dz_g/dx_i = 0``, so
 
-    log |det DT(x)| = log |det DT_g(x_g)| + sum_i [log |det DS(x_i; x_g)| + sum log diag L_i]
+    log |det DT(x)| = log |det DT_g(x_g)| + sum_i [log |det DS(x_i; x_g, e_i)| + sum log diag L_i]
 
 is exact, the inverse is ``x_g = T_g^-1(z_g)`` then one conditional inverse per group, and the
 globals lead the order (exact :meth:`~pyro_kr.AutoKR.marginal`,
 :meth:`~pyro_kr.AutoKR.conditional` given the globals). Cost per draw: ``O(N d_l (d_g + d_l))``
-plus the shared network, instead of ``O((d_g + N d_l)^2)``.
+plus the shared network per group, instead of ``O((d_g + N d_l)^2)``.
+
+Nested plates: the group plate is the plate that holds every local site; further plates only
+shape a group's block (a school-level site ``(N,)`` and a class-level site ``(C, N)`` give
+groups of ``1 + C`` coordinates, dense within the group).
 
 :class:`SparseKRMap` acts on the packed vector of :class:`~pyro.infer.autoguide.AutoContinuous`
-(globals first, then each local site's ``(N, size)`` block); its KR order is that packed order,
-in which the map is lower-triangular too (within a group the sites keep their order, across
-groups nothing depends on anything). Under plate subsampling :func:`subsampled_forward`
-evaluates only the subsampled groups.
+(globals first, then each local site flattened in its own shape); it gathers each group's
+coordinates (:func:`~pyro_kr.guides.structure.group_positions`) and scatters them back. Its KR
+order is the packed order, in which the map is lower-triangular too (within a group the
+coordinates keep their packed order, across groups nothing depends on anything). Under plate
+subsampling :func:`subsampled_forward` evaluates only the subsampled groups.
 """
 
 from __future__ import annotations

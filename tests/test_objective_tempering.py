@@ -52,6 +52,8 @@ def test_annealing_beta_ramp_and_validation():
     a = Annealing(steps=2, beta=(1e-2, 1.0))
     assert [round(a.beta_schedule(s), 6) for s in range(4)] == [0.01, 0.1, 1.0, 1.0]
     assert Annealing(steps=5).beta == 1.0
+    over = Annealing.over(10, beta=(0.1, 1.0))  # the beta ramp shares the 70 % ramp
+    assert over.steps == 7 and over.beta_schedule.steps == 7 and over.beta == 0.1
     assert "beta=" in repr(a) and "beta=" not in repr(Annealing(steps=5))
     for bad, match in [((0.0, 1.0), "beta must lie in"), ((0.1, 0.5), "must end at 1"),
                        (0.5, "end at 1"), ((1.0, 0.1), "must end at 1")]:

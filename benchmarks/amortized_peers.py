@@ -89,7 +89,7 @@ class Scorer:
 
     KEYS = ("raw", "scaled_log", "mmd2_unit")
 
-    def __init__(self, problem, n_test: int, test_sets: int) -> None:
+    def __init__(self, problem, n_test: int, test_sets: int, cache: Path | None = None) -> None:
         names = problem.param_names
         ref = problem.reference(0)
         self.ref = torch.stack([torch.as_tensor(ref[k]).reshape(-1) for k in names], -1).double()
@@ -97,8 +97,16 @@ class Scorer:
         gen = torch.Generator().manual_seed(0)
         perms = [torch.randperm(self.ref.shape[0], generator=gen) for _ in range(test_sets)]
         self.subsets = [(p[: self.n], p[self.n : 2 * self.n]) for p in perms]
+        path = None if cache is None else cache / f"floor_n{self.n}_sets{test_sets}.json"
+        if path is not None and path.exists():  # deterministic: the same subsets every run
+            self.floor = json.loads(path.read_text())
+            return
         floors = [self._both(self.ref[b], self.ref[a]) for a, b in self.subsets]
         self.floor = {key: summary([f[key] for f in floors]) for key in self.KEYS}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(self.floor))
 
     @staticmethod
     def _scaled_log(u: torch.Tensor) -> torch.Tensor:
@@ -175,13 +183,14 @@ def refine_kr(problem, guide, forward_facts: dict, args) -> tuple:
 
     ``fit_amortized(mode="hybrid")`` is its forward phase followed by exactly this phase (the
     defaults of its docstring: ``ClippedAdam`` from ``reverse_lr`` decaying 10x, ``eps``
-    1e-2 -> 1e-3 and ``lam`` 1e2 -> 1e4 over the first half). The forward phase is seeded and
-    identical to the ``forward`` row's, so continuing that guide saves retraining it; only the
-    random stream of the reverse phase differs from a single ``mode="hybrid"`` call.
+    1e-2 -> 1e-3 and ``lam`` 1e2 -> 1e4 ramped by ``Annealing.over(steps)``). The forward
+    phase is seeded and identical to the ``forward`` row's, so continuing that guide saves
+    retraining it; only the random stream of the reverse phase differs from a single
+    ``mode="hybrid"`` call.
     """
     steps = args.hybrid_reverse_steps
     optim = pyro.optim.ClippedAdam({"lr": args.lr_reverse, "lrd": 0.1 ** (1 / steps)})
-    schedule = pyro_kr.Annealing(eps=(1e-2, 1e-3), lam=(1e2, 1e4), steps=max(steps // 2, 1))
+    schedule = pyro_kr.Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4))
     pyro.set_rng_seed(forward_facts["seed"] + 7_919)
     t0 = time.perf_counter()
     history = pyro_kr.fit_amortized(problem.model, guide, mode="reverse", steps=steps,
@@ -271,10 +280,12 @@ def train_npe(sbi, problem, bank, budget: int, estimator: str, args, seed: int) 
     return draw, facts, None
 
 
-def run(args) -> dict:
+def run(args, save=None) -> dict:
+    """Train and score every method; ``save(result)`` is called after every row."""
     torch.set_num_threads(1)
     problem = problems.get("lotka_volterra")
-    scorer = Scorer(problem, args.n_test, args.test_sets)
+    scorer = Scorer(problem, args.n_test, args.test_sets,
+                    None if args.smoke else Path(args.plot_dir).parent / "floor_cache")
     sbi = import_sbi()
     skipped = {}
     if sbi is None:
@@ -284,6 +295,13 @@ def run(args) -> dict:
                               "'peers' extra: pip install 'pyro-kr[peers]')")
         log("SKIP npe_maf, npe_nsf: sbi is not installed (pip install 'pyro-kr[peers]')")
     rows = []
+
+    def partial(rows):
+        return {"rows": rows, "floor_w2": {k: scorer.floor[k] for k in ("raw", "scaled_log")},
+                "floor_mmd2_unit_kernel": scorer.floor["mmd2_unit"], "n_test": scorer.n,
+                "test_sets": args.test_sets, "skipped": skipped,
+                "sbi_version": getattr(sbi, "__version__", None)}
+
     for seed in args.seeds:
         if "reverse" in args.methods:  # no simulation bank: trained once per seed
             rows.append(evaluate(scorer, problem, args, "reverse", None, seed,
@@ -310,12 +328,11 @@ def run(args) -> dict:
                         sbi, problem, k, b, m.split("_")[1], args, s)
                 row, guide = evaluate(scorer, problem, args, method, budget, seed, fn)
                 rows.append(row)
+                if save is not None:
+                    save(partial(rows))
                 if method == "forward" and guide is not None and "hybrid" in args.methods:
                     kept["forward"] = (guide, {**row, "seed": seed})
-    return {"rows": rows, "floor_w2": {k: scorer.floor[k] for k in ("raw", "scaled_log")},
-            "floor_mmd2_unit_kernel": scorer.floor["mmd2_unit"], "n_test": scorer.n,
-            "test_sets": args.test_sets, "skipped": skipped,
-            "sbi_version": getattr(sbi, "__version__", None)}
+    return partial(rows)
 
 
 def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, object]:
@@ -403,7 +420,7 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
                         label=f"{method} ({'/'.join(map(str, seeds))} seeds)")
         for r in result["rows"]:
             if r["method"] == "reverse" and "error" not in r:
-                ax.axhline(r["w2"][key]["mean"], color="tab:red", ls=":", lw=1,
+                ax.axhline(r["w2"][key]["mean"], color="tab:brown", ls=":", lw=1,
                            label="reverse (no bank)" if r["seed"] == min(
                                x["seed"] for x in result["rows"] if x["method"] == "reverse"
                            ) else None)
@@ -426,21 +443,30 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
 
 def merge(paths: list[str], out: str, plot_dir: str,
           figure: str | None = None) -> dict:
-    """Combine the JSON files of several runs (e.g. one per budget, run in parallel)."""
+    """Combine the JSON files of several runs (e.g. one per budget or seed, run in parallel).
+
+    An earlier merged file may be one of them (its runs and rows are kept). All runs must use
+    the same ``n_test``; runs with fewer ``--test-sets`` scored on the first of the same seeded
+    reference subsets, and the floor is that of the run with the most sets.
+    """
     payloads = [json.loads(Path(p).read_text()) for p in paths]
-    first = payloads[0]
-    for path, payload in zip(paths, payloads, strict=True):
-        if (payload["n_test"], payload["test_sets"]) != (first["n_test"], first["test_sets"]):
-            raise ValueError(f"{path} used other reference subsets (n_test, test_sets)")
+    if len({d["n_test"] for d in payloads}) != 1:
+        raise ValueError("the runs used different --n-test: their W2 are not comparable")
+    runs, rows = [], []
+    for path, d in zip(paths, payloads, strict=True):
+        if "runs" in d:  # an earlier merge
+            runs += [dict(r, test_sets=r.get("test_sets", d["test_sets"])) for r in d["runs"]]
+            rows += d["rows"]
+        else:
+            runs.append({"file": Path(path).name, "command": d["command"],
+                         "settings": d["settings"], "test_sets": d["test_sets"]})
+            rows += [dict(r, run=Path(path).name) for r in d["rows"]]
+    most = max(payloads, key=lambda d: d["test_sets"])
     result = {
-        "runs": [{"file": Path(p).name, "command": d["command"], "settings": d["settings"]}
-                 for p, d in zip(paths, payloads, strict=True)],
-        "rows": [dict(r, run=Path(p).name) for p, d in zip(paths, payloads, strict=True)
-                 for r in d["rows"]],
-        "floor_w2": first["floor_w2"], "n_test": first["n_test"],
+        "runs": runs, "rows": rows, "floor_w2": most["floor_w2"], "n_test": most["n_test"],
         "floor_mmd2_unit_kernel": next((d["floor_mmd2_unit_kernel"] for d in payloads
-                                        if "floor_mmd2_unit_kernel" in d), None),
-        "test_sets": first["test_sets"],
+                                        if d.get("floor_mmd2_unit_kernel")), None),
+        "test_sets": most["test_sets"],
         "skipped": {k: v for d in payloads for k, v in d["skipped"].items()},
         "sbi_version": next((d["sbi_version"] for d in payloads if d["sbi_version"]), None),
     }
@@ -506,13 +532,19 @@ def main(argv: list[str] | None = None) -> dict:
         args.hidden, args.depth, args.cot_width, args.cot_depth = [8], 1, 16, 2
         args.n_test, args.test_sets, args.npe_max_epochs = 100, 1, 2
         args.sbc_datasets = min(args.sbc_datasets, 10)
-    result = run(args)
-    payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-               "settings": vars(args), "torch_threads": 1, **result}
-    if not args.smoke or args.out != str(RESULTS):
+    header = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "settings": vars(args), "torch_threads": 1}
+    writes = not args.smoke or args.out != str(RESULTS)
+
+    def save(result: dict) -> None:  # after every row: a stopped run keeps what it finished
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(args.out) as tmp:
-            tmp.write_text(json.dumps(payload, indent=1, default=float))
+            tmp.write_text(json.dumps({**header, **result}, indent=1, default=float))
+
+    result = run(args, save if writes else None)
+    payload = {**header, **result}
+    if writes:
+        save(result)
         log(f"wrote {args.out}")
         path = plot(result, Path(args.plot_dir), args.figure)
         if path is not None:

@@ -117,8 +117,9 @@ def test_validation_keeps_the_best_state(ema_decay):
 
 def test_checkpoint_resume_continues_exactly(tmp_path):
     u, y = gaussian_pairs(300)
+    # constant rate: the resumed runs below stop and continue at other totals of steps
     kwargs = dict(batch_size=32, coupling="full", eps=1e-2, lr=3e-3, progress=False,
-                  checkpoint_every=5)
+                  checkpoint_every=5, lr_schedule="constant")
 
     def fresh() -> COTFlowMatching:
         pyro.set_rng_seed(0)
@@ -155,7 +156,8 @@ def test_plan_refresh_draws_new_plans_and_resumes_exactly(tmp_path, monkeypatch)
     u, y = gaussian_pairs(200)
     _, y_source = gaussian_pairs(200, seed=2)
     kwargs = dict(batch_size=32, coupling="full", eps=1e-2, lr=3e-3, progress=False,
-                  checkpoint_every=5, plan_refresh_every=5, y_source=y_source)
+                  checkpoint_every=5, plan_refresh_every=5, y_source=y_source,
+                  lr_schedule="constant")
 
     def fresh() -> COTFlowMatching:
         pyro.set_rng_seed(0)
@@ -180,7 +182,8 @@ def test_ema_weights_are_the_moving_average_of_the_trajectory():
     """With ``ema_decay`` the fitted weights are ``ema_k = d ema_{k-1} + (1 - d) p_k``."""
     u, y = gaussian_pairs(200)
     decay, steps = 0.7, 4
-    kwargs = dict(batch_size=32, coupling="independent", lr=1e-2, progress=False)
+    kwargs = dict(batch_size=32, coupling="independent", lr=1e-2, progress=False,
+                  lr_schedule="constant")
 
     def fresh() -> COTFlowMatching:
         pyro.set_rng_seed(0)
@@ -258,7 +261,7 @@ def test_plan_block_size_splits_the_full_plan_and_resumes(tmp_path, monkeypatch)
     u, y = gaussian_pairs(120)
     _, y_source = gaussian_pairs(120, seed=2)
     kwargs = dict(batch_size=32, coupling="full", eps=1e-2, lr=3e-3, progress=False,
-                  y_source=y_source, checkpoint_every=5)
+                  y_source=y_source, checkpoint_every=5, lr_schedule="constant")
 
     def fresh() -> COTFlowMatching:
         pyro.set_rng_seed(0)

@@ -79,7 +79,7 @@ class TrainConfig:
     eps: float = 1e-4
     sigma: float = 1e-2
     batch_size: int = 256
-    coupling: str = "full"
+    coupling: str = "independent"
     lr: float = 1e-3
     seed: int = 0
     validate_every: int = 1_000
@@ -88,7 +88,7 @@ class TrainConfig:
     plan_refresh_every: int | None = None
     plan_block_size: int | None = None
     ema_decay: float | None = None
-    lr_schedule: str = "constant"
+    lr_schedule: str = "cosine"
 
     def resume_key(self) -> dict:
         """The options a resumed run must share with the checkpoint."""

@@ -43,14 +43,26 @@ def test_smoke_without_sbi_skips_the_peers_with_a_clear_message(tmp_path, monkey
     assert row["simulations"] == 200 and row["model_evaluations"] == 0
     for key in ("raw", "scaled_log"):  # both coordinates, each with its floor
         assert row["w2"][key]["mean"] > 0 and saved["floor_w2"][key]["mean"] > 0
+    # unit-kernel MMD^2 in raw u, with its floor (reference vs reference: about zero)
+    assert row["mmd2_unit_kernel"]["mean"] > 10 * abs(saved["floor_mmd2_unit_kernel"]["mean"])
 
 
 def test_smoke_with_sbi_trains_npe_on_the_same_bank(tmp_path):
     pytest.importorskip("sbi")
     bench = _load()
-    payload = bench.main(["--smoke", "--methods", "npe_maf", "hybrid", "--out",
-                          str(tmp_path / "peers.json"), "--plot-dir", str(tmp_path / "plots")])
+    payload = bench.main(["--smoke", "--methods", "npe_maf", "forward", "hybrid",
+                          "--sbc-datasets", "10", "--validation-fraction", "0.5",
+                          "--out", str(tmp_path / "peers.json"),
+                          "--plot-dir", str(tmp_path / "plots")])
     rows = {r["method"]: r for r in payload["rows"]}
+    # hybrid continues the forward row's guide: its forward phase is that row's
+    assert rows["hybrid"]["continued_forward_row"] and rows["forward"]["steps"] == 3
+    assert rows["hybrid"]["steps"] == rows["forward"]["steps"] + 3
+    assert rows["forward"]["train_simulations"] == rows["forward"]["validation_simulations"] == 100
+    for method in ("forward", "hybrid"):  # SBC and coverage of the KR rows, not of sbi's
+        cal = rows[method]["calibration"]
+        assert len(cal["p_values"]) == 4 and set(cal["joint_coverage"]) == {"0.50", "0.90", "0.95"}
+    assert "calibration" not in rows["npe_maf"]
     assert "error" not in rows["npe_maf"], rows["npe_maf"]
     # hybrid: the bank, then 3 reverse steps of a fresh batch of 32 y (smoke batch size)
     assert rows["npe_maf"]["simulations"] == rows["hybrid"]["simulations"] - 3 * 32 == 200

@@ -33,6 +33,7 @@ from pyro.poutine.util import site_is_subsample
 
 __all__ = [
     "DRAWS_PLATE",
+    "SIMULATION_PLATE",
     "LatentSite",
     "as_draws",
     "draws_plate",
@@ -51,6 +52,9 @@ __all__ = [
 
 #: Name of the outer plate of draws (left of every model plate).
 DRAWS_PLATE = "_pyro_kr_draws"
+#: Name of :func:`simulate_pairs`' outer plate: another name, because a guide that simulates
+#: (the amortized reverse-mode pair) runs inside a plate of draws when it is diagnosed.
+SIMULATION_PLATE = "_pyro_kr_simulations"
 
 T = TypeVar("T")
 
@@ -214,7 +218,9 @@ def simulate_pairs(
     shapes = {k: torch.Size(v) for k, v in shapes.items()}
 
     def vectorized():
-        trace = poutine.trace(draws_plate(free, n, depth)).get_trace(*args, **kwargs)
+        trace = poutine.trace(draws_plate(free, n, depth, SIMULATION_PLATE)).get_trace(
+            *args, **kwargs
+        )
         return {name: as_draws(trace.nodes[name]["value"], n, s) for name, s in shapes.items()}
 
     def looped():

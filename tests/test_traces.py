@@ -65,3 +65,24 @@ def test_as_draws_refuses_a_wrong_number_of_values():
     assert traces.as_draws(torch.ones(2), 3, (2,)).shape == (3, 2)  # draws-free: expanded
     with pytest.raises(ValueError, match="is not 3 draws of"):
         traces.as_draws(torch.zeros(5), 3, (2,))
+
+
+def test_simulate_pairs_runs_inside_a_plate_of_draws():
+    """A guide that simulates (amortized reverse mode) is diagnosed inside the draws plate:
+    simulate_pairs must use its own plate name and stay vectorized there."""
+    import warnings
+
+    shapes = {"loc": torch.Size([2]), "y": torch.Size([3])}
+
+    def model():
+        loc = pyro.sample("loc", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("data", 3):
+            pyro.sample("y", dist.Normal(loc[..., 0], 1.0))
+
+    def outer():
+        return traces.simulate_pairs(model, (), {}, shapes, 4, depth=1, seed=0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to the loop
+        out = traces.draws_plate(outer, 5, depth=2)()
+    assert out["y"].shape == (4, 3)

@@ -79,18 +79,10 @@ def test_the_library_never_imports_the_bench(rel, path):
     assert not bad, "the library imports the benchmark side: " + "; ".join(bad)
 
 
-# In flight elsewhere (issue 16) when this test was written; the fix is one line:
-# ``from pyro_kr.transforms import ParameterAwareCache``.
-KNOWN = {"pyro_kr/guides/sparse.py": "imports pyro_kr.transforms._cache (issue 16 in flight)"}
-ALL = [
-    pytest.param(rel, path, id=rel,
-                 marks=[pytest.mark.xfail(reason=KNOWN[rel], strict=False)] if rel in KNOWN
-                 else [])
-    for rel, path in _modules()
-]
+ALL = _modules()
 
 
-@pytest.mark.parametrize("rel,path", ALL)
+@pytest.mark.parametrize("rel,path", ALL, ids=[r for r, _ in ALL])
 def test_no_module_imports_private_names_of_another(rel, path):
     tree = ast.parse(path.read_text(), filename=rel)
     here = _module_name(rel)

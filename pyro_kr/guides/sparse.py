@@ -63,9 +63,9 @@ from pyro_kr.transforms import (
     ConditionalMonotoneTriangular,
     ConditionalTriangularAffine,
     MonotoneTriangular,
+    ParameterAwareCache,
     TriangularAffine,
 )
-from pyro_kr.transforms._cache import ParameterAwareCache
 
 __all__ = [
     "LocalMap",

@@ -2,8 +2,10 @@
 
 The untempered annealed objective (and AutoMultivariateNormal) keeps one of the four modes
 (benchmarks/results/symmetric_modes.json); the opt-in ``beta`` ramp, with the budget of
-docs/hard_posteriors.md, keeps all four at their reference share. Measured in
-benchmarks/results/symmetric_modes_tempered.json (5 seeds); this test runs one seed.
+docs/hard_posteriors.md (3000 steps x 8 particles, ClippedAdam lr 1e-2 lrd 0.999), keeps all
+four at their reference share. Measured in
+benchmarks/results/symmetric_modes_tempered_3000.json (5 of 5 seeds, largest share error
+0.044); this test runs seed 0 (share error 0.008 there).
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ def test_tempered_autokr_holds_every_mode_at_its_reference_share():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = pyro_kr.AutoKR(problem.model)
-        loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(2000, beta=(1e-2, 1.0)),
-                                     num_particles=16)
+        loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(3000, beta=(1e-2, 1.0)),
+                                     num_particles=8)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=2000, progress=False,
+            pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=3000, progress=False,
                         check=False, optim=ClippedAdam({"lr": 1e-2, "lrd": 0.999}))
         draws = guide.sample_posterior(4000, y=y)
     shares = mode_shares(draws["theta1"].numpy(), draws["theta2"].numpy())

@@ -166,7 +166,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--particles", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--groups", type=int, nargs="+", default=[8, 100, 1000])
+    p.add_argument("--groups", type=int, nargs="*", default=[8, 100, 1000])
     p.add_argument("--timing-groups", type=int, nargs="*", default=[10000])
     p.add_argument("--dense-max-groups", type=int, default=100,
                    help="accuracy rows of autokr_dense only up to this N (N = 1,000 costs about "

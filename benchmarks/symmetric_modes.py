@@ -1,16 +1,23 @@
-"""Mass per mode on ``symmetric_modes`` (four equal modes): default AutoKR vs AutoMVN (issue 18).
+"""Mass per mode on ``symmetric_modes`` (four equal modes): AutoKR with and without likelihood
+tempering vs AutoMVN (issue 18).
 
-Every guide: ``--steps`` Adam(lr=1e-2) steps of ``--particles`` vectorized particles through
-``pyro_kr.fit``, float64, seeds 0..``--seeds``-1. AutoKR: ``AutoKR(model)`` defaults with the
-annealed ``TransportELBO`` (``Annealing.over(steps)``: ramp over 70 % of the steps). AutoMVN:
+Every guide: ``--steps`` steps of ``--particles`` vectorized particles through ``pyro_kr.fit``,
+float64, seeds 0..``--seeds``-1, the same optimizer for all: Adam(lr=1e-2), or with ``--lrd``
+Pyro's ``ClippedAdam({"lr": 1e-2, "lrd": lrd})`` (learning rate times ``lrd`` per step).
+``autokr``: ``AutoKR(model)`` defaults with the annealed ``TransportELBO``
+(``Annealing.over(steps)``: ramp over 70 % of the steps). ``autokr_tempered``: the same plus
+the likelihood-temperature ramp ``Annealing.over(steps, beta=(--beta0, 1.0))``. ``auto_mvn``:
 ``AutoMultivariateNormal`` with ``Trace_ELBO``. Scored against the exact reference: share of
-draws per sign quadrant (reference 0.25 each), the largest share error, W2 on standardized
+draws per sign quadrant (exact share 0.25 each), the largest share error, W2 on standardized
 coordinates (with its noise floor), PSIS k-hat, ``check_fit``'s status, and the shares after
 PSIS reweighting (the smoothed importance weights of 4000 guide draws summed per quadrant:
 what ``pyro_kr.diagnostics.psis(...).resample()`` draws from). Writes
-``benchmarks/results/symmetric_modes.json`` and prints a table.
+``benchmarks/results/<--out>.json`` and prints a table.
 
-    nice -n 10 python benchmarks/symmetric_modes.py --steps 2000 --seeds 3
+    nice -n 10 python benchmarks/symmetric_modes.py --steps 2000 --seeds 3 --methods autokr \
+        auto_mvn
+    nice -n 10 python benchmarks/symmetric_modes.py --steps 3000 --seeds 5 --particles 8 \
+        --lrd 0.999 --out symmetric_modes_tempered_3000
     python benchmarks/symmetric_modes.py --smoke
 """
 

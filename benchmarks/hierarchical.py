@@ -135,11 +135,22 @@ def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None):
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": lr}), elbo)
     svi.step(y, sigma, subsample)  # setup outside the timing
     start = time.perf_counter()
-    for _ in range(steps - 1):
-        svi.step(y, sigma, subsample)
-    sec = (time.perf_counter() - start) / max(steps - 1, 1)
+    failed = None
+    for step in range(steps - 1):
+        try:
+            loss = svi.step(y, sigma, subsample)
+        except (ValueError, RuntimeError) as exc:  # NaN parameters (Pyro's validation)
+            failed = f"step {step + 2}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            break
+        if not math.isfinite(loss):
+            failed = f"step {step + 2}: loss {loss}"
+            break
+    sec = (time.perf_counter() - start) / max(step + 1, 1)
     row = {"method": name, "groups": n, "steps": steps, "particles": particles, "lr": lr,
            "seed": seed, "seconds_per_step": sec}
+    if failed:
+        row["failed"] = failed
+        return row
     if subsample is not None:
         row["subsample"] = subsample
     if not evaluate:

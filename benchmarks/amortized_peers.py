@@ -5,6 +5,8 @@ drawn and given to every simulation-based method:
 
 * ``forward``: :class:`pyro_kr.AmortizedKR` trained by maximum likelihood on the bank;
 * ``hybrid``: the same, then refined by reverse KL with the likelihood (``mode="hybrid"``);
+* ``hybrid_iwae``: the same refinement with ``objective="iwae"`` (8 draws of ``u`` per dataset,
+  ``batch / 8`` datasets per step: the same number of model evaluations);
 * ``cot``: :class:`pyro_kr.COTFlowMatching` on the bank (sample mode, ``log u`` and ``log y``);
 * ``npe_maf`` / ``npe_nsf``: sbi's ``NPE`` with its default estimator (MAF in sbi 0.27) and
   with NSF, sbi's documented API and training defaults, given ``theta = log u`` (prior
@@ -57,13 +59,13 @@ from pyro_kr.metrics import mmd2, w2
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "amortized_peers.json"
 PLOTS = ROOT / "bench-out" / "amortized_peers"
-METHODS = ("forward", "hybrid", "reverse", "cot", "npe_maf", "npe_nsf")
+METHODS = ("forward", "hybrid", "hybrid_iwae", "reverse", "cot", "npe_maf", "npe_nsf")
 PRIOR_LOC = (-0.125, -3.0, -0.125, -3.0)
 PRIOR_SD = math.sqrt(0.5)
 PAPER_W2 = 0.0402  # Kerrigan et al. 2024, Table 2, COT-FM; coordinates not stated
 PAPER_MMD = 0.95e-3  # Kerrigan et al. 2024's best MMD on Lotka-Volterra; kernel not stated
 UNIT_KERNEL_H = 2.0**-0.5  # k(a, b) = exp(-|a - b|^2), PCP-Map code's convention (raw u)
-KR_METHODS = ("forward", "hybrid", "reverse")
+KR_METHODS = ("forward", "hybrid", "hybrid_iwae", "reverse")
 
 
 def log(message: str) -> None:
@@ -178,7 +180,7 @@ def split(budget: int, fraction: float) -> dict:
     return {"train_simulations": budget - n_val, "validation_simulations": n_val}
 
 
-def refine_kr(problem, guide, forward_facts: dict, args) -> tuple:
+def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo") -> tuple:
     """The reverse phase of ``mode="hybrid"``, run on the trained ``forward`` guide.
 
     ``fit_amortized(mode="hybrid")`` is its forward phase followed by exactly this phase (the
@@ -192,11 +194,13 @@ def refine_kr(problem, guide, forward_facts: dict, args) -> tuple:
     optim = pyro.optim.ClippedAdam({"lr": args.lr_reverse, "lrd": 0.1 ** (1 / steps)})
     schedule = pyro_kr.Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4))
     pyro.set_rng_seed(forward_facts["seed"] + 7_919)
+    particles = 8 if objective == "iwae" else 1
     t0 = time.perf_counter()
     history = pyro_kr.fit_amortized(problem.model, guide, mode="reverse", steps=steps,
                                     optim=optim, schedule=schedule,
-                                    batch_size=args.batch_forward, progress=args.progress,
-                                    objective=args.objective, num_particles=args.num_particles)
+                                    batch_size=max(1, args.batch_forward // particles),
+                                    progress=args.progress, objective=objective,
+                                    num_particles=particles)
     facts = {k: forward_facts[k] for k in ("best_step", "train_simulations", "stopped_early",
                                            "validation_simulations") if k in forward_facts}
     facts.update({
@@ -310,13 +314,18 @@ def run(args, save=None) -> dict:
         for budget in args.budgets:
             u, y = problem.simulate(budget, seed=10_000 + seed)
             bank = {**u, "y": y}
-            kept = {}  # the forward guide, continued by the hybrid row
+            kept = {}  # the forward guide (and its state), continued by the hybrid rows
             for method in args.methods:
                 if method == "reverse" or method in skipped:
                     continue
-                if method == "hybrid" and "forward" in kept:
-                    guide, facts = kept.pop("forward")
-                    fn = lambda g=guide, f=facts: refine_kr(problem, g, f, args)  # noqa: E731
+                if method.startswith("hybrid") and "forward" in kept:
+                    guide, facts, state = kept["forward"]
+                    guide.load_state_dict(state)  # in place: the param store sees it
+                    objective = "iwae" if method == "hybrid_iwae" else "elbo"
+                    fn = lambda g=guide, f=facts, o=objective: refine_kr(  # noqa: E731
+                        problem, g, f, args, o)
+                elif method == "hybrid_iwae":
+                    raise ValueError("hybrid_iwae continues the forward row: list forward first")
                 elif method in ("forward", "hybrid"):
                     fn = lambda m=method, b=budget, s=seed, k=bank: train_kr(  # noqa: E731
                         problem, m, k, b, args, s)
@@ -330,8 +339,9 @@ def run(args, save=None) -> dict:
                 rows.append(row)
                 if save is not None:
                     save(partial(rows))
-                if method == "forward" and guide is not None and "hybrid" in args.methods:
-                    kept["forward"] = (guide, {**row, "seed": seed})
+                if method == "forward" and guide is not None:
+                    state = {k: v.detach().clone() for k, v in guide.state_dict().items()}
+                    kept["forward"] = (guide, {**row, "seed": seed}, state)
     return partial(rows)
 
 

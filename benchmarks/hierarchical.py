@@ -191,6 +191,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds (initialization, draws); data and reference fixed")
     p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--plot", type=Path, default=OUT / "hierarchical.png")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.smoke:
@@ -239,15 +240,18 @@ def main() -> None:
 
         OUT.mkdir(exist_ok=True)
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for m in args.methods:
-            pts = sorted((r["groups"], r["seconds_per_step"]) for r in rows if r["method"] == m)
-            if pts:
-                ax.loglog(*zip(*pts, strict=True), "o-", label=m)
+        series = sorted({(r["method"], r.get("subsample")) for r in rows},
+                        key=lambda k: (k[0], k[1] or 0))
+        for m, sub in series:
+            pts = sorted((r["groups"], r["seconds_per_step"]) for r in rows
+                         if r["method"] == m and r.get("subsample") == sub)
+            label = m if sub is None else f"{m} (subsample {sub})"
+            ax.loglog(*zip(*pts, strict=True), "o--" if sub else "o-", label=label)
         ax.set_xlabel("groups N")
         ax.set_ylabel("seconds per step")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(OUT / "hierarchical.png", dpi=120)
+        fig.savefig(args.plot, dpi=120)
     except ImportError:
         pass
 

@@ -225,7 +225,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"rows": rows, "settings": vars(args) | {
-        "output": str(args.output)}}, indent=1))
+        "output": str(args.output), "plot": str(args.plot)}}, indent=1))
     cols = ["method", "groups", "seed", "subsample", "seconds_per_step", "w2_globals", "sd_err_mu",
             "sd_err_log_tau", "mean_local_w2", "khat"]
     print(" | ".join(cols))

@@ -91,3 +91,13 @@ def test_tempering_ends_at_the_untempered_posterior():
     draws = guide.sample_posterior(20_000, Y)["z"]
     assert abs(draws.mean().item() - mean) < 0.1 * sd
     assert abs(draws.std().item() - sd) < 0.1 * sd
+
+
+def test_a_subclass_with_its_own_objective_refuses_a_beta_ramp():
+    class OwnObjective(TransportELBO):
+        def _objective(self, model, guide, args, kwargs):  # pragma: no cover - never called
+            raise AssertionError
+
+    with pytest.raises(ValueError, match="does not apply the schedule's likelihood tempering"):
+        OwnObjective(Annealing(steps=5, beta=(0.1, 1.0)))
+    OwnObjective(Annealing(steps=5))  # no ramp: fine

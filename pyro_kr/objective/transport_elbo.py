@@ -16,7 +16,7 @@ from pyro.util import warn_if_nan
 from pyro_kr._batching import BATCH_SAFE_HINT, batch_problem, prototype, quiet_plate_guess
 from pyro_kr._validation import check_dim, check_no_enumeration, check_observed
 from pyro_kr.objective.cost import transport_cost
-from pyro_kr.objective.schedules import Annealing
+from pyro_kr.objective.schedules import Annealing, ConstantSchedule
 from pyro_kr.objective.tempering import tempered
 from pyro_kr.traces import guess_plate_nesting
 
@@ -89,6 +89,13 @@ class TransportELBO(Trace_ELBO):
             vectorize_particles=vectorize_particles and num_particles > 1,
             **elbo_kwargs,
         )
+        tempering = schedule is not None and schedule.beta_schedule != ConstantSchedule.of(1.0)
+        if tempering and type(self)._objective is not TransportELBO._objective:
+            raise ValueError(
+                f"{type(self).__name__} computes its own objective and does not apply the "
+                "schedule's likelihood tempering (beta); pass an Annealing without beta, or "
+                "use TransportELBO"
+            )
         self.schedule = schedule
         self.last: dict[str, float] = {}
         self._checked = False

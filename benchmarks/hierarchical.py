@@ -183,6 +183,7 @@ def main() -> None:
                    help="accuracy rows of autokr_dense only up to this N (N = 1,000 costs about "
                         "6 s/step: 1 hour for 600 steps on this machine)")
     p.add_argument("--timing-steps", type=int, default=20)
+    p.add_argument("--timing-repeats", type=int, default=1)
     p.add_argument("--subsample", type=int, default=None,
                    help="also time the sparse guides with plate subsampling of this size")
     p.add_argument("--methods", nargs="+", default=[
@@ -208,21 +209,26 @@ def main() -> None:
             for seed in args.seeds:
                 rows.append(run_one(m, n, args.steps, args.particles, args.lr, True, seed))
                 print(json.dumps(rows[-1]), flush=True)
-    for n in args.timing_groups:
-        for m in args.methods:
-            if m == "autokr_dense" and n > 1000:
-                continue  # d^2 = 1e8 parameters: does not fit
-            if m == "iaf" and n > 1000:
-                continue  # MADE of width 3d + 1 = 30,007 over d = 10,002: did not finish a step
-            rows.append(run_one(m, n, args.timing_steps, args.particles, args.lr, False))
-            print(json.dumps(rows[-1]), flush=True)
-    if args.subsample:
-        sizes = set(args.groups) | set(args.timing_groups)
-        for n in sorted(n for n in sizes if n > args.subsample):
-            for m in ("autokr_sparse", "autokr_sparse_affine"):
-                rows.append(run_one(m, n, args.timing_steps, args.particles, args.lr, False,
-                                    subsample=args.subsample))
+    # timing rows: --timing-repeats passes over all (N, method) pairs, interleaved, so that a
+    # burst of load from other processes hits one repeat, not one method; tables take medians
+    for rep in range(args.timing_repeats):
+        for n in args.timing_groups:
+            for m in args.methods:
+                if m == "autokr_dense" and n > 1000:
+                    continue  # d^2 = 1e8 parameters: does not fit
+                if m == "iaf" and n > 1000:
+                    continue  # MADE of width 3d + 1 = 30,007 over d = 10,002: no step finished
+                rows.append(run_one(m, n, args.timing_steps, args.particles, args.lr, False))
+                rows[-1]["repeat"] = rep
                 print(json.dumps(rows[-1]), flush=True)
+        if args.subsample:
+            sizes = set(args.groups) | set(args.timing_groups)
+            for n in sorted(n for n in sizes if n > args.subsample):
+                for m in ("autokr_sparse", "autokr_sparse_affine"):
+                    rows.append(run_one(m, n, args.timing_steps, args.particles, args.lr, False,
+                                        subsample=args.subsample))
+                    rows[-1]["repeat"] = rep
+                    print(json.dumps(rows[-1]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"rows": rows, "settings": vars(args) | {
         "output": str(args.output), "plot": str(args.plot)}}, indent=1))
@@ -243,12 +249,15 @@ def main() -> None:
         series = sorted({(r["method"], r.get("subsample")) for r in rows},
                         key=lambda k: (k[0], k[1] or 0))
         for m, sub in series:
-            pts = sorted((r["groups"], r["seconds_per_step"]) for r in rows
-                         if r["method"] == m and r.get("subsample") == sub)
+            by_n: dict[int, list[float]] = {}
+            for r in rows:
+                if r["method"] == m and r.get("subsample") == sub:
+                    by_n.setdefault(r["groups"], []).append(r["seconds_per_step"])
+            pts = sorted((k, float(np.median(v))) for k, v in by_n.items())
             label = m if sub is None else f"{m} (subsample {sub})"
             ax.loglog(*zip(*pts, strict=True), "o--" if sub else "o-", label=label)
         ax.set_xlabel("groups N")
-        ax.set_ylabel("seconds per step")
+        ax.set_ylabel("seconds per step (median of repeats)")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)

@@ -192,10 +192,10 @@ def test_nested_subsampled_elbo_is_unbiased():
             p.add_(0.05 * torch.randn_like(p))
     elbo = Trace_ELBO()
     torch.manual_seed(1)
-    sub = torch.tensor([elbo.loss(_model, guide, *data, 3) for _ in range(1000)])
+    sub = torch.tensor([elbo.loss(_model, guide, *data, 3) for _ in range(500)])
     full = []
     with torch.no_grad():
-        for _ in range(1000):
+        for _ in range(500):
             x = torch.randn(guide.latent_dim)
             z = guide.transform(x)
             log_q = dist.Normal(0.0, 1.0).log_prob(x).sum()

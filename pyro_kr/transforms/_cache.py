@@ -72,9 +72,22 @@ class ParameterState:
         self._keys = tuple((t.data_ptr(), t._version) for t in tensors)
         self._refs = tuple(weakref.ref(t) for t in tensors)
 
+    @classmethod
+    def _stale(cls) -> ParameterState:
+        """A state equal to no other (what a pickled state becomes when loaded)."""
+        state = cls(())
+        state._refs = None
+        return state
+
+    def __reduce__(self):
+        # weak references do not pickle (torch.save of a guide); a loaded cache is stale
+        return (ParameterState._stale, ())
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ParameterState):
             return NotImplemented
+        if self._refs is None or other._refs is None:
+            return False
         return (
             self._steps == other._steps
             and self._keys == other._keys

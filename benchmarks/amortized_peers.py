@@ -348,8 +348,10 @@ def run(args, save=None) -> dict:
 def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, object]:
     """Train, score on the benchmark observation and (KR modes, ``--sbc-datasets``) calibrate."""
     log(f"{method} budget={budget} seed={seed}: training")
+    cpu = time.process_time()  # CPU seconds of this process: the wall time under load inflates
     try:
         draw, facts, guide = train()
+        facts["train_cpu_seconds"] = time.process_time() - cpu
         score = scorer.score(draw)
     except Exception as error:  # noqa: BLE001 - record and go on with the other methods
         log(f"{method} budget={budget} seed={seed} failed: {error!r}")

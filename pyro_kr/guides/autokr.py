@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import pyro
@@ -14,7 +15,15 @@ from pyro_kr._validation import check_dim
 from pyro_kr.guides.laplace import laplace_init
 from pyro_kr.guides.packing import PackedKRGuide
 from pyro_kr.guides.queries import KRQueries
-from pyro_kr.guides.sparse import build_sparse_map, choose_plan, subsampled_forward
+from pyro_kr.guides.sparse import (
+    build_sparse_map,
+    globals_first,
+    needs_globals_first,
+    subsampled_forward,
+    usable_plan,
+)
+from pyro_kr.guides.structure import plate_plan
+from pyro_kr.traces import guide_plates
 from pyro_kr.transforms import MonotoneTriangular, TriangularAffine
 
 __all__ = ["AutoKR"]
@@ -118,9 +127,15 @@ class AutoKR(KRQueries, PackedKRGuide):
     def _setup_prototype(self, *args, **kwargs) -> None:
         self._setup_packing(*args, **kwargs)
         if self._structure == "plates":
-            self._plate_plan = choose_plan(self)
+            self._plate_plan = self._choose_plate_plan()
             if self._plate_plan is not None:
-                self.transform = build_sparse_map(self, self._plate_plan)
+                self.transform, shapes = build_sparse_map(
+                    self.prototype_trace, self._unconstrained_shapes, self._plate_plan,
+                    init_scale=self._init_scale, map_kind=self._map_kind, depth=self._depth,
+                    map_options=self._map_options,
+                )
+                self._unconstrained_shapes = shapes
+                self.latent_dim = sum(math.prod(s) for s in shapes.values())
                 return
         loc = self._init_loc()
         if self._init_scale == "laplace":
@@ -129,6 +144,16 @@ class AutoKR(KRQueries, PackedKRGuide):
             eye = torch.eye(self.latent_dim, dtype=loc.dtype, device=loc.device)
             scale_tril = eye * self._init_scale
         self.transform = self._build_map(loc, scale_tril)
+
+    def _choose_plate_plan(self):
+        """The plate plan of the prototype (globals put first if no order was given), or
+        ``None`` after logging why the dense map is used."""
+        plan = plate_plan(self.prototype_trace, self._unconstrained_shapes, list(self.order))
+        if needs_globals_first(plan) and self._order is None:
+            self._order = globals_first(self.prototype_trace, list(self.order))
+            self._apply_order()
+            plan = plate_plan(self.prototype_trace, self._unconstrained_shapes, list(self.order))
+        return usable_plan(plan, init_scale=self._init_scale, owner=type(self).__name__)
 
     def _build_map(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> ComposeTransformModule:
         d = self.latent_dim
@@ -147,7 +172,10 @@ class AutoKR(KRQueries, PackedKRGuide):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         if self._plate_plan is not None and self._plate_plan.subsampled:
-            return subsampled_forward(self, *args, **kwargs)
+            return subsampled_forward(
+                self.get_transform(*args, **kwargs), self.prototype_trace,
+                self._unconstrained_shapes, self._pyro_name, guide_plates(self, *args, **kwargs),
+            )
         return super().forward(*args, **kwargs)
 
     @property

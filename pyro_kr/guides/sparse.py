@@ -57,8 +57,7 @@ from torch import nn
 from torch.distributions import Transform
 from torch.nn import functional as F
 
-from pyro_kr.guides.structure import PlatePlan, group_positions, plate_plan
-from pyro_kr.traces import guide_plates
+from pyro_kr.guides.structure import PlatePlan, group_positions
 from pyro_kr.transforms import (
     ConditionalMonotoneTriangular,
     ConditionalTriangularAffine,
@@ -72,8 +71,10 @@ __all__ = [
     "LocalTransform",
     "SparseKRMap",
     "build_sparse_map",
-    "choose_plan",
+    "globals_first",
+    "needs_globals_first",
     "subsampled_forward",
+    "usable_plan",
 ]
 
 logger = logging.getLogger(__name__)
@@ -308,40 +309,60 @@ class SparseKRMap(ParameterAwareCache, TransformModule):
         return cached[1]
 
 
-def choose_plan(guide) -> PlatePlan | None:
-    """Analyse the set-up guide's prototype trace; reorder it globals-first; log a fallback.
+def globals_first(prototype_trace, latent: list[str]) -> list[str]:
+    """``latent`` reordered with the sites outside every vectorized plate first."""
+    nodes = prototype_trace.nodes
+    glob = [n for n in latent if not any(f.vectorized for f in nodes[n]["cond_indep_stack"])]
+    return glob + [n for n in latent if n not in glob]
 
-    Returns the plan, or ``None`` (dense map) after logging why the structure is not used.
+
+def needs_globals_first(plan: PlatePlan | str) -> bool:
+    """Whether :func:`plate_plan` refused only because a local site comes before a global."""
+    return isinstance(plan, str) and "before a global" in plan
+
+
+def usable_plan(plan: PlatePlan | str, *, init_scale, owner: str) -> PlatePlan | None:
+    """The plan if the sparse map can use it, else ``None`` after logging why (dense map).
+
+    Args:
+        plan: what :func:`~pyro_kr.guides.structure.plate_plan` returned (a plan or a reason).
+        init_scale: the guide's ``init_scale`` (``"laplace"`` needs a dense factor).
+        owner: the guide's class name, for the log line.
     """
-    latent = list(guide.order)
-    plan = plate_plan(guide.prototype_trace, guide._unconstrained_shapes, latent)
-    if isinstance(plan, str) and guide._order is None and "before a global" in plan:
-        nodes = guide.prototype_trace.nodes
-        glob = [n for n in latent if not any(f.vectorized for f in nodes[n]["cond_indep_stack"])]
-        guide._order = glob + [n for n in latent if n not in glob]
-        guide._apply_order()
-        plan = plate_plan(guide.prototype_trace, guide._unconstrained_shapes, list(guide.order))
     if isinstance(plan, PlatePlan) and plan.subsampled and plan.dim != -1:
         plan = (
             f"the subsampled plate {plan.plate!r} has dim {plan.dim}; subsampling with the "
             "sparse map needs the group plate at dim -1"
         )
-    if isinstance(plan, PlatePlan) and guide._init_scale == "laplace":
+    if isinstance(plan, PlatePlan) and init_scale == "laplace":
         plan = "init_scale='laplace' builds a dense d x d factor"
     if isinstance(plan, str):
         level = logging.INFO if plan.startswith("no latent site sits") else logging.WARNING
         logger.log(
-            level,
-            "%s: using the dense triangular map (structure='dense'): %s",
-            type(guide).__name__, plan,
+            level, "%s: using the dense triangular map (structure='dense'): %s", owner, plan
         )
         return None
     return plan
 
 
-def build_sparse_map(guide, plan: PlatePlan) -> SparseKRMap:
-    """Build the :class:`SparseKRMap` of a set-up ``AutoKR`` and fix its full-size packing."""
-    nodes = guide.prototype_trace.nodes
+def build_sparse_map(
+    prototype_trace, shapes: dict, plan: PlatePlan, *, init_scale: float, map_kind: str,
+    depth: int, map_options: dict,
+) -> tuple[SparseKRMap, dict]:
+    """Build the :class:`SparseKRMap` of a set-up guide and its full-size packing.
+
+    Args:
+        prototype_trace: the guide's prototype trace (a subsampled prototype's local values
+            are widened in place to all ``N`` groups).
+        shapes: site name -> unconstrained shape, in KR order.
+        plan: the plate plan.
+        init_scale, map_kind, depth, map_options: the guide's map settings.
+
+    Returns:
+        ``(map, shapes)``: the map and the unconstrained shapes of all ``N`` groups.
+    """
+    nodes = prototype_trace.nodes
+    shapes = dict(shapes)
     n = plan.full_size
     glob, loc_parts = [], []
     for name in plan.globals:
@@ -352,26 +373,25 @@ def build_sparse_map(guide, plan: PlatePlan) -> SparseKRMap:
         if value.shape[axis] != n:  # a subsampled prototype: the guide holds all N groups
             value = periodic_repeat(value, n, axis).contiguous()
             nodes[name]["value"] = biject_to(nodes[name]["fn"].support)(value)
-        guide._unconstrained_shapes[name] = value.shape
+        shapes[name] = value.shape
         loc_parts.append(value.movedim(axis, 0).reshape(n, -1))
-    guide.latent_dim = sum(math.prod(s) for s in guide._unconstrained_shapes.values())
     loc_g = torch.cat(glob)
     dg = loc_g.numel()
     affine = TriangularAffine(dg).to(loc_g)
     affine.set_loc(loc_g)
-    affine.set_scale_tril(torch.eye(dg).to(loc_g) * guide._init_scale)
+    affine.set_scale_tril(torch.eye(dg).to(loc_g) * init_scale)
     layers: list[nn.Module] = []
-    if guide._map_kind == "monotone":
+    if map_kind == "monotone":
         layers = [
-            MonotoneTriangular(dg, **guide._map_options).to(loc_g) for _ in range(guide._depth)
+            MonotoneTriangular(dg, **map_options).to(loc_g) for _ in range(depth)
         ]
     global_map = ComposeTransformModule([*layers, affine], cache_size=1)
     local = LocalMap(
-        n, dg, plan.local_dim, loc=torch.cat(loc_parts, dim=-1), init_scale=guide._init_scale,
-        map_kind=guide._map_kind, depth=guide._depth, **guide._map_options,
+        n, dg, plan.local_dim, loc=torch.cat(loc_parts, dim=-1), init_scale=init_scale,
+        map_kind=map_kind, depth=depth, **map_options,
     )
-    positions = group_positions(plan, guide._unconstrained_shapes)
-    return SparseKRMap(plan, global_map, local, positions)
+    positions = group_positions(plan, shapes)
+    return SparseKRMap(plan, global_map, local, positions), shapes
 
 
 def _delta(site: dict, unconstrained: torch.Tensor) -> dist.Delta:
@@ -387,7 +407,9 @@ def _delta(site: dict, unconstrained: torch.Tensor) -> dist.Delta:
     return dist.Delta(value, log_density=log_density, event_dim=site["fn"].event_dim)
 
 
-def subsampled_forward(guide, *args, **kwargs) -> dict[str, torch.Tensor]:
+def subsampled_forward(
+    smap: SparseKRMap, prototype_trace, shapes: dict, prefix: str, plates: dict
+) -> dict[str, torch.Tensor]:
     """The guide under plate subsampling: the globals, then the subsampled groups only.
 
     Samples ``z_g = T_g(x_g)`` (auxiliary site ``_{name}_latent``) and, inside the model's
@@ -396,36 +418,41 @@ def subsampled_forward(guide, *args, **kwargs) -> dict[str, torch.Tensor]:
     The local auxiliary site records the KR position of each coordinate
     (``infer["kr_index"]``) so that :class:`~pyro_kr.TransportELBO` weights its transport
     cost in the KR order of the full vector.
+
+    Args:
+        smap: the guide's sparse map; its plan is ``smap.plan``.
+        prototype_trace: the guide's prototype trace.
+        shapes: site name -> unconstrained shape (all ``N`` groups).
+        prefix: the guide's Pyro name, for the auxiliary sites.
+        plates: name -> ``pyro.plate`` of the model, with its subsample sizes.
     """
-    plan: PlatePlan = guide._plate_plan
-    smap = guide.get_transform(*args, **kwargs)
-    nodes = guide.prototype_trace.nodes
+    plan: PlatePlan = smap.plan
+    nodes = prototype_trace.nodes
     ref = smap.global_map[-1].loc
     dg, dl = ref.shape[-1], plan.local_dim
     base = dist.Normal(torch.zeros_like(ref), torch.ones_like(ref)).to_event(1)
     z_g = pyro.sample(
-        f"_{guide._pyro_name}_latent",
+        f"_{prefix}_latent",
         dist.TransformedDistribution(base, smap.global_map),
         infer={"is_auxiliary": True},
     )
     x_g = smap.global_map.inv(z_g)
     result, pos = {}, 0
     for name in plan.globals:
-        shape = guide._unconstrained_shapes[name]
+        shape = shapes[name]
         size = math.prod(shape)
         event = nodes[name]["fn"].event_dim + len(shape) - nodes[name]["value"].dim()
         shape = torch.broadcast_shapes(shape, z_g.shape[:-1] + (1,) * event)
         block = z_g[..., pos : pos + size].reshape(shape)
         result[name] = pyro.sample(name, _delta(nodes[name], block))
         pos += size
-    plates = guide_plates(guide, *args, **kwargs)
     with plates[plan.plate] as index:
         index = torch.as_tensor(index, device=ref.device)
         zeros = ref.new_zeros(index.shape + (dl,))
         local = LocalTransform(smap.local, x_g, index)
         kr_index = (dg + smap._positions.index_select(0, index)).to(ref.dtype)
         z_loc = pyro.sample(
-            f"_{guide._pyro_name}_local",
+            f"_{prefix}_local",
             dist.TransformedDistribution(dist.Normal(zeros, 1.0).to_event(1), local),
             infer={"is_auxiliary": True, "kr_index": kr_index},
         )
@@ -435,7 +462,7 @@ def subsampled_forward(guide, *args, **kwargs) -> dict[str, torch.Tensor]:
         ):
             # z_loc: (*lead, [1 ...], B, d_l) with the group dim at -2; the site's value
             # (*lead, *site shape) with the group axis at `axis` of the site shape
-            site_shape = list(guide._unconstrained_shapes[name])
+            site_shape = list(shapes[name])
             rest = site_shape[:axis] + site_shape[axis + 1 :]
             lead = z_loc.shape[: max(z_loc.dim() - 1 - rank, 0)]
             block = z_loc[..., start : start + size].reshape(lead + (b, *rest))

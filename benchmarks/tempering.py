@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["adam", "temper", "decay"])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--seed0", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="override the bench default steps (e.g. 5 for a smoke run)")
     parser.add_argument("--out", default=str(RESULTS / "tempering_run.json"))
     args = parser.parse_args(argv)
     out: dict = {}
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = problems.get(name)
         y = problem.observation(0)
         ref, _ = runner.load_reference(problem, 0)
-        steps = runner.default_steps(name)
+        steps = args.steps or runner.default_steps(name)
         for arm in args.arms:
             for seed in range(args.seed0, args.seeds):
                 row = one_run(problem, y, ref, arm, steps=steps, seed=seed)

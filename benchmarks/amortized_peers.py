@@ -66,6 +66,8 @@ PAPER_W2 = 0.0402  # Kerrigan et al. 2024, Table 2, COT-FM; coordinates not stat
 PAPER_MMD = 0.95e-3  # Kerrigan et al. 2024's best MMD on Lotka-Volterra; kernel not stated
 UNIT_KERNEL_H = 2.0**-0.5  # k(a, b) = exp(-|a - b|^2), PCP-Map code's convention (raw u)
 KR_METHODS = ("forward", "hybrid", "hybrid_iwae", "reverse")
+COLORS = {"forward": "tab:orange", "hybrid": "tab:green", "hybrid_iwae": "tab:olive",
+          "cot": "tab:blue", "npe_maf": "tab:purple", "npe_nsf": "tab:brown"}
 
 
 def log(message: str) -> None:
@@ -422,17 +424,19 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
                 continue
             by_method.setdefault(r["method"], {}).setdefault(r["budget"], []).append(
                 r["w2"][key]["mean"])
-        for method, points in sorted(by_method.items()):
+        for i, (method, points) in enumerate(sorted(by_method.items())):
             xs = sorted(points)
             mean = [statistics.fmean(points[b]) for b in xs]
+            shift = 1.05 ** (i - (len(by_method) - 1) / 2)  # side by side at one budget
             low = [m - min(points[b]) for m, b in zip(mean, xs, strict=True)]
             high = [max(points[b]) - m for m, b in zip(mean, xs, strict=True)]
             seeds = sorted({len(points[b]) for b in xs})
-            ax.errorbar(xs, mean, yerr=[low, high], fmt="o-", capsize=3,
-                        label=f"{method} ({'/'.join(map(str, seeds))} seeds)")
+            ax.errorbar([x * shift for x in xs], mean, yerr=[low, high], fmt="o-", capsize=3,
+                        color=COLORS.get(method), label=f"{method} ({'/'.join(map(str, seeds))} "
+                        "seeds)")
         for r in result["rows"]:
             if r["method"] == "reverse" and "error" not in r:
-                ax.axhline(r["w2"][key]["mean"], color="tab:brown", ls=":", lw=1,
+                ax.axhline(r["w2"][key]["mean"], color="black", ls=":", lw=1,
                            label="reverse (no bank)" if r["seed"] == min(
                                x["seed"] for x in result["rows"] if x["method"] == "reverse"
                            ) else None)
@@ -440,7 +444,8 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
         if key == "raw":
             ax.axhline(PAPER_W2, color="black", ls="-.", lw=1,
                        label="Kerrigan et al. 2024 (coord. not stated)")
-        ax.set(xscale="log", yscale="log", xlabel="simulations (train + validation)",
+        ax.set(xscale="log", yscale="log", xlabel="simulations (train + validation; bars: "
+               "min-max over seeds)",
                ylabel="W2", title=titles[key])
         ax.legend(fontsize=7)
     path = out_dir / "w2_vs_budget.png"

@@ -112,10 +112,12 @@ def test_log_prob_matches_the_exact_density(estimator):
     assert float((got.detach() - exact.log_prob(points)).abs().mean()) < atol
 
 
-def test_calibration_accepts_every_amortized_estimator(estimator):
+def test_calibration_accepts_amortized_estimators_and_refuses_a_fixed_one(estimator):
     name, est = estimator
-    if name not in AMORTIZED:
-        pytest.skip("sbc simulates new observations; a fixed-observation guide cannot answer")
+    if name not in AMORTIZED:  # sbc simulates new observations: refused with the way out
+        with pytest.raises(ValueError, match="only for the observation.*AmortizedKR"):
+            sbc(est, linear_gaussian, num_datasets=4, num_draws=3)
+        return
     result = sbc(est, linear_gaussian, num_datasets=40, num_draws=19)
     assert result.ranks.shape == (40, 2) and result.names == ["z[0]", "z[1]"]
 

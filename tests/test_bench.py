@@ -12,7 +12,7 @@ import pyro_kr
 import pyro_kr.bench.problems as problems
 from pyro_kr.bench import BenchConfig, methods, report, runner
 
-PYRO_GUIDES = ["auto_normal", "auto_mvn", "auto_iaf", "auto_spline"]
+PYRO_GUIDES = ["auto_normal", "auto_mvn", "auto_lowrank", "auto_iaf", "auto_spline"]
 
 
 def test_registry_lists_pyro_guides_and_nuts():

@@ -7,7 +7,8 @@ guide for PSIS). Every SVI method trains through :func:`pyro_kr.fit` with Adam a
 budget: ``steps`` steps of ``particles`` vectorized ELBO particles (default
 :data:`PARTICLES`), so ours and Pyro's guides are timed through the same code.
 
-Entries: Pyro's ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoIAFNormal``,
+Entries: Pyro's ``AutoNormal``, ``AutoMultivariateNormal``,
+``AutoLowRankMultivariateNormal`` (its default rank), ``AutoIAFNormal``,
 ``AutoNormalizingFlow`` with ``spline_autoregressive`` (``Trace_ELBO``), ``nuts`` (time to a
 fresh PyMC NUTS posterior) and, when :class:`pyro_kr.AutoKR` is available,
 ``autokr_monotone`` / ``autokr_affine`` (annealed :class:`~pyro_kr.TransportELBO`) and
@@ -223,6 +224,12 @@ def _auto_mvn(model):
     return AutoMultivariateNormal(model)
 
 
+def _auto_lowrank(model):
+    from pyro.infer.autoguide import AutoLowRankMultivariateNormal
+
+    return AutoLowRankMultivariateNormal(model)
+
+
 def _auto_iaf(model):
     from pyro.infer.autoguide import AutoIAFNormal
 
@@ -353,6 +360,7 @@ def _autokr_method(
 _REGISTRY: dict[str, Callable] = {
     "auto_normal": _autoguide_method(_auto_normal, "AutoNormal"),
     "auto_mvn": _autoguide_method(_auto_mvn, "AutoMultivariateNormal"),
+    "auto_lowrank": _autoguide_method(_auto_lowrank, "AutoLowRankMultivariateNormal"),
     "auto_iaf": _autoguide_method(_auto_iaf, "AutoIAFNormal"),
     "auto_spline": _autoguide_method(_auto_spline, "AutoNormalizingFlow(spline)"),
     "nuts": _nuts,

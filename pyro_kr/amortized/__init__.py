@@ -5,12 +5,14 @@
   importance-weighted bound, needs the likelihood), forward KL (maximum likelihood on
   simulations, needs only the simulator) or both in turn (``mode="hybrid"``);
 - :class:`ImportanceWeightedELBO`: the per-dataset importance-weighted bound;
+- :class:`ForwardAnchoredLoss`: reverse objective plus the forward NLL of the step's pairs;
 - :class:`StandardizedMLP`: the default embedding of the observations;
 - :class:`PosteriorSampler`: a detached float32 snapshot for fast serving of draws.
 """
 
 from __future__ import annotations
 
+from pyro_kr.amortized.anchor import ForwardAnchoredLoss
 from pyro_kr.amortized.embedding import StandardizedMLP
 from pyro_kr.amortized.guide import AmortizedKR
 from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO
@@ -20,6 +22,7 @@ from pyro_kr.amortized.training import AmortizedHistory, fit_amortized
 __all__ = [
     "AmortizedHistory",
     "AmortizedKR",
+    "ForwardAnchoredLoss",
     "ImportanceWeightedELBO",
     "PosteriorSampler",
     "StandardizedMLP",

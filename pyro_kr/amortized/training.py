@@ -31,6 +31,7 @@ from pyro.optim import PyroOptim
 
 from pyro_kr import distributed
 from pyro_kr._validation import check_dim
+from pyro_kr.amortized.anchor import ForwardAnchoredLoss
 from pyro_kr.amortized.guide import AmortizedKR
 from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO
 from pyro_kr.checkpoint import load_checkpoint, restore_params, snapshot_params
@@ -83,9 +84,12 @@ class _ReversePair:
 
     def guide(self, *args, **kwargs) -> None:
         g, b = self.amortized, self.batch_size
-        sims = simulate_pairs(
-            self.user_model, args, kwargs, g.layout.shapes, b, depth=g.plate_depth
+        latent = {n: g.prototype_trace.nodes[n]["value"].shape for n in g.order}
+        sims = simulate_pairs(  # the latents come free with y: the forward anchor uses them
+            self.user_model, args, kwargs, {**latent, **g.layout.shapes}, b,
+            depth=g.plate_depth,
         )
+        self.last_pairs = sims
         plates = guide_plates(g, *args, **kwargs)
         with self._plate():
             g(*args, **{**kwargs, **sims})
@@ -185,6 +189,7 @@ def fit_amortized(
     reverse_steps: int | None = None,
     reverse_lr: float | None = None,
     reverse_optim: PyroOptim | None = None,
+    forward_weight: float = 0.0,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
@@ -236,6 +241,12 @@ def fit_amortized(
         reverse_lr, reverse_optim: initial learning rate (default: a tenth of the forward one,
             1e-3 with the default ``lr``; ``ClippedAdam`` decaying it 10x over the phase) or
             optimizer of the hybrid reverse phase.
+        forward_weight: reverse (and hybrid's reverse phase): weight ``w`` of a mass-covering
+            anchor, the forward NLL ``-log q(u* | y)`` of the step's own simulated pairs added
+            to the reverse objective (:class:`~pyro_kr.amortized.ForwardAnchoredLoss`; no
+            extra simulation or model evaluation). ``0`` (default): reverse KL alone, which
+            turns every error of the amortized network into overconfidence; ``w > 0`` widens
+            ``q`` where the network misplaces it (docs/amortized.md, calibration).
         progress, checkpoint, checkpoint_every, callback: as in :func:`pyro_kr.fit`.
 
     Returns:
@@ -265,6 +276,11 @@ def fit_amortized(
     if num_particles is None:
         num_particles = 8 if objective == "iwae" else 1
     check_dim("num_particles", num_particles)
+    if not (isinstance(forward_weight, int | float) and forward_weight >= 0):
+        raise ValueError(f"forward_weight must be a number >= 0, got {forward_weight!r}")
+    if mode == "forward" and forward_weight:
+        raise ValueError("forward_weight anchors the reverse objective; mode='forward' is "
+                         "the forward objective already: leave forward_weight at 0")
     if mode != "hybrid" and (reverse_steps, reverse_lr, reverse_optim) != (None, None, None):
         raise ValueError(
             f"reverse_steps, reverse_lr and reverse_optim belong to mode='hybrid', got "
@@ -294,7 +310,7 @@ def fit_amortized(
     )
     if mode == "reverse":
         return _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
-                            objective, num_particles)
+                            objective, num_particles, forward_weight)
     forward = _fit_forward(
         model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
         simulations=simulations, validation_fraction=validation_fraction,
@@ -315,7 +331,7 @@ def fit_amortized(
         return callback(offset + step, record) if callback is not None else None
 
     reverse = _fit_reverse(model, guide, args, kwargs, batch_size, schedule, shifted, common,
-                           objective, num_particles)
+                           objective, num_particles, forward_weight)
     out = AmortizedHistory(
         loss=forward.loss + reverse.loss, elbo=forward.elbo + reverse.elbo,
         eps=forward.eps + reverse.eps, lam=forward.lam + reverse.lam,
@@ -330,7 +346,7 @@ def fit_amortized(
 
 
 def _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
-                 objective, num_particles) -> AmortizedHistory:
+                 objective, num_particles, forward_weight=0.0) -> AmortizedHistory:
     pair = _ReversePair(model, guide, batch_size)
     nesting = guide.plate_depth + 1
     if objective == "iwae":
@@ -338,6 +354,8 @@ def _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, com
                                       batch_dim=-nesting, max_plate_nesting=nesting)
     else:
         loss = TransportELBO(schedule, num_particles=num_particles, max_plate_nesting=nesting)
+    if forward_weight:  # the sleep-phase anchor on the pairs the step simulated
+        loss = ForwardAnchoredLoss(loss, guide, lambda: pair.last_pairs, forward_weight)
     history = fit(pair.model, pair.guide, *args, loss=loss, callback=callback, **common,
                   **kwargs)
     out = AmortizedHistory(**history.state_dict(), mode="reverse")

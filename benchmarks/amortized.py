@@ -68,11 +68,14 @@ def train(model, guide, mode: str, args, *, steps: int, lr: float, batch_size: i
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": args.lr_decay ** (1 / max(steps, 1)),
                                     "clip_norm": args.clip_norm})
     schedule = None if mode == "forward" or args.reverse_schedule == "none" else "default"
+    options = dict(steps=steps, optim=optim, validate_every=args.validate_every,
+                   patience=args.patience)
+    if mode == "forward" and args.forward_defaults:  # fit_amortized's own forward defaults
+        options = {}
     t0 = time.perf_counter()
     history = pyro_kr.fit_amortized(
-        model, guide, mode=mode, steps=steps, batch_size=batch_size,
-        num_simulations=num_simulations, optim=optim, validate_every=args.validate_every,
-        patience=args.patience, progress=args.progress, schedule=schedule,
+        model, guide, mode=mode, batch_size=batch_size, num_simulations=num_simulations,
+        progress=args.progress, schedule=schedule, **options,
     )
     return history, time.perf_counter() - t0
 
@@ -238,12 +241,15 @@ def linear_gaussian(mode: str, args) -> dict:
     pyro.set_rng_seed(0)
     guide = pyro_kr.AmortizedKR(problem.model, observed="y", map="affine", hidden_dims=())
     fwd = mode != "reverse"  # forward and hybrid train on simulations first
+    cpu = time.process_time()
     history, train_s = train(
         problem.model, guide, mode, args, steps=args.lg_steps, lr=args.lg_lr,
         batch_size=args.batch_forward if fwd else args.batch_reverse,
         num_simulations=args.num_simulations if fwd else None,
     )
-    log(f"linear_gaussian/{mode}: trained {history.steps} steps in {train_s:.0f} s")
+    cpu = time.process_time() - cpu
+    log(f"linear_gaussian/{mode}: trained {history.steps} steps in {train_s:.0f} s "
+        f"({cpu:.0f} CPU-s)")
     _, ys = problem.simulate(20, seed=999)
     n = args.lg_n
     values, floors = [], []
@@ -259,7 +265,11 @@ def linear_gaussian(mode: str, args) -> dict:
     ratio = statistics.fmean(values) / statistics.fmean(floors)
     return {"problem": "linear_gaussian", "mode": mode, "w2": summary(values),
             "floor_w2": summary(floors), "ratio_to_floor": ratio, "n": n,
-            "train_seconds": train_s, "steps": history.steps,
+            "train_seconds": train_s, "train_cpu_seconds": cpu, "steps": history.steps,
+            "best_step": getattr(history, "best_step", None),
+            "lr_cuts": getattr(history, "lr_cuts", None),
+            "num_simulations": args.num_simulations if fwd else None,
+            "forward_defaults": bool(args.forward_defaults and mode == "forward"),
             "targets": {"within_1.5x_floor": ratio < 1.5}}
 
 
@@ -374,6 +384,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-simulations", type=int, default=100_000)
     parser.add_argument("--validate-every", type=int, default=200)
     parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--forward-defaults", action="store_true",
+                        help="mode forward: fit_amortized's default steps, optimizer, "
+                             "validation and stopping (only the batch size and the number of "
+                             "simulations are passed)")
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--init-scale", type=float, default=0.1)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64],

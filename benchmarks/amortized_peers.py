@@ -158,6 +158,10 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
                   objective=args.objective, num_particles=args.num_particles)
     if mode == "reverse":
         kwargs.update(batch_size=args.batch_reverse)
+    elif args.forward_defaults:  # fit_amortized's forward defaults; only the batch size is ours
+        del kwargs["steps"], kwargs["optim"]
+        kwargs.update(batch_size=args.batch_forward, simulations=bank,
+                      validation_fraction=args.validation_fraction)
     else:
         kwargs.update(batch_size=args.batch_forward, simulations=bank,
                       validate_every=args.validate_every, patience=args.patience,
@@ -169,7 +173,9 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
     facts = {"train_seconds": time.perf_counter() - t0, "steps": history.steps,
              "best_step": history.best_step, "simulations": history.simulations,
              "model_evaluations": history.model_evaluations,
-             "forward_steps": history.forward_steps}
+             "forward_steps": history.forward_steps,
+             "lr_cuts": getattr(history, "lr_cuts", None),
+             "forward_defaults": bool(args.forward_defaults and mode != "reverse")}
     if mode != "reverse":
         facts.update(split(budget, args.validation_fraction), stopped_early=history.stopped_early,
                      val_step=history.val_step, val_loss=history.val_loss)
@@ -518,6 +524,10 @@ def main(argv: list[str] | None = None) -> dict:
                              "10k + 10k at --budgets 20000); sbi keeps its own default split")
     parser.add_argument("--sbc-datasets", type=int, default=0,
                         help="SBC and coverage of the KR rows on this many datasets (0: none)")
+    parser.add_argument("--forward-defaults", action="store_true",
+                        help="forward (and hybrid's forward phase): fit_amortized's default "
+                             "steps, optimizer, validation and stopping; only --batch-forward "
+                             "and --validation-fraction are passed")
     parser.add_argument("--validate-every", type=int, default=200)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--depth", type=int, default=2)

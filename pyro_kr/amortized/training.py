@@ -46,6 +46,10 @@ __all__ = ["AmortizedHistory", "fit_amortized"]
 _BATCH_PLATE = "_pyro_kr_amortized_batch"
 _MODES = ("reverse", "forward", "hybrid")
 _OBJECTIVES = ("elbo", "iwae")
+_REVERSE_STEPS = 1000  # default ``steps`` of mode="reverse" (and the hybrid's reverse phase)
+_FORWARD_LR = 2e-3  # default Adam learning rate of the forward phase
+_MAX_EPOCHS = 500  # default cap of the forward phase, in passes over the training split
+_VAL_SMOOTHING = 0.3  # weight of the newest check in the smoothed validation loss
 
 
 @dataclass
@@ -56,6 +60,7 @@ class AmortizedHistory(History):
     ``cost / lam`` summed over the batch, for ``"forward"`` the mean negative log density of
     the batch. ``val_step``/``val_loss`` hold the validation checks (forward mode), ``best_step``
     the step whose parameters were kept, ``stopped_early`` whether patience ran out.
+    ``lr_cuts`` holds the steps at which the forward phase cut its learning rate on a plateau.
     ``simulations`` counts the prior-predictive draws ``(u, y)`` used for training and
     ``model_evaluations`` the evaluations of the model's log density ``log p(u, y)`` (one per
     dataset and particle per reverse step; none in forward mode). For ``"hybrid"``,
@@ -70,6 +75,7 @@ class AmortizedHistory(History):
     simulations: int = 0
     model_evaluations: int = 0
     forward_steps: int | None = None
+    lr_cuts: list[int] = field(default_factory=list)
 
 
 class _ReversePair:
@@ -172,7 +178,7 @@ def fit_amortized(
     guide: AmortizedKR,
     *args,
     mode: str,
-    steps: int = 1000,
+    steps: int | None = None,
     batch_size: int = 128,
     num_simulations: int | None = None,
     simulations: dict[str, torch.Tensor] | None = None,
@@ -180,8 +186,9 @@ def fit_amortized(
     lr: float | None = None,
     optim: PyroOptim | None = None,
     validation_fraction: float = 0.1,
-    validate_every: int = 100,
-    patience: int = 10,
+    validate_every: int | None = None,
+    patience: int = 20,
+    plateau_factor: float | None = 0.5,
     seed: int = 0,
     simulation_seed: int | None = None,
     objective: str = "elbo",
@@ -205,7 +212,9 @@ def fit_amortized(
             needs the likelihood), ``"forward"`` (maximum likelihood on ``num_simulations``
             simulated pairs; needs only the simulator) or ``"hybrid"`` (forward, then
             ``reverse_steps`` reverse steps from the forward solution).
-        steps: optimizer steps (a resumed run continues up to this number).
+        steps: optimizer steps (a resumed run continues up to this number). Default: 1,000 for
+            ``"reverse"``; for the forward phase a cap of 500 epochs (passes over the training
+            split), which early stopping normally ends long before.
         batch_size: observations per step (reverse) or simulated pairs per step (forward).
         num_simulations: simulation budget of ``mode="forward"``/``"hybrid"`` (required
             unless ``simulations`` is given).
@@ -219,11 +228,21 @@ def fit_amortized(
         schedule: reverse mode's :class:`~pyro_kr.Annealing`; ``"default"`` is
             ``Annealing.over(steps)`` (the default ramps over the library's default share of
             the steps, ``RAMP_FRACTION`` = 70 %), ``None`` is the plain amortized ELBO.
-        lr, optim: Adam learning rate (default 1e-2 as in :func:`pyro_kr.fit`) or an optimizer.
+        lr, optim: Adam learning rate or an optimizer. Reverse default: 1e-2 (Adam, as in
+            :func:`pyro_kr.fit`); forward-phase default: 2e-3 (``ClippedAdam``, gradient norm
+            clipped at 10), cut on validation plateaus (``plateau_factor``).
         validation_fraction: share of the forward-mode simulations held out for validation.
-        validate_every: forward mode evaluates the validation loss every this many steps.
-        patience: forward mode stops after this many checks without improvement and keeps the
-            best parameters.
+        validate_every: forward mode evaluates the validation loss (the whole validation
+            split) every this many steps. Default: once per epoch of the training split, and
+            after at least 4 training pairs per validation pair (``max(epoch, 4 n_val / batch)``
+            steps), so that checks cost at most about a quarter of the training.
+        patience: forward mode stops after this many checks without improvement of the
+            smoothed validation loss (an exponential moving average with weight 0.3 on the
+            newest check) and keeps the parameters of the best single check.
+        plateau_factor: forward mode multiplies the learning rate (of any optimizer) by this
+            after ``max(1, patience // 4)`` checks without improvement of the smoothed
+            validation loss, and again after as many more (``history.lr_cuts``); ``None``
+            keeps the optimizer's own schedule.
         seed: seed of the forward-mode simulations and split (so a resumed run sees
             the same data).
         simulation_seed: deprecated name of ``seed`` (a ``DeprecationWarning``; removed
@@ -238,8 +257,8 @@ def fit_amortized(
             (default ``steps // 2``); ``schedule`` then applies to this phase (``"default"``:
             ``eps`` 1e-2 -> 1e-3 and ``lam`` 1e2 -> 1e4 over 70 % of it, so the transport
             cost only regularizes the refinement).
-        reverse_lr, reverse_optim: initial learning rate (default: a tenth of the forward one,
-            1e-3 with the default ``lr``; ``ClippedAdam`` decaying it 10x over the phase) or
+        reverse_lr, reverse_optim: initial learning rate (default: a tenth of ``lr`` when it
+            is given, else 1e-3; ``ClippedAdam`` decaying it 10x over the phase) or
             optimizer of the hybrid reverse phase.
         forward_weight: reverse (and hybrid's reverse phase): weight ``w`` of a mass-covering
             anchor, the forward NLL ``-log q(u* | y)`` of the step's own simulated pairs added
@@ -287,7 +306,8 @@ def fit_amortized(
             f"mode={mode!r}; use steps, lr and optim"
         )
     if mode == "hybrid":
-        reverse_steps = max(steps // 2, 1) if reverse_steps is None else reverse_steps
+        half = (steps if steps is not None else _REVERSE_STEPS) // 2
+        reverse_steps = max(half, 1) if reverse_steps is None else reverse_steps
         check_dim("reverse_steps", reverse_steps)
         if checkpoint is not None:
             raise ValueError(
@@ -302,6 +322,12 @@ def fit_amortized(
             stacklevel=2,
         )
         seed = simulation_seed
+    if mode == "reverse" and steps is None:
+        steps = _REVERSE_STEPS
+    if steps is not None:
+        check_dim("steps", steps)
+    if plateau_factor is not None and not 0 < plateau_factor < 1:
+        raise ValueError(f"plateau_factor must lie in (0, 1) or be None, got {plateau_factor}")
     schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode)
     guide.setup(*args, **kwargs)
     common = dict(
@@ -314,8 +340,8 @@ def fit_amortized(
     forward = _fit_forward(
         model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
         simulations=simulations, validation_fraction=validation_fraction,
-        validate_every=validate_every, patience=patience, seed=seed,
-        callback=callback, common=common,
+        validate_every=validate_every, patience=patience, plateau_factor=plateau_factor,
+        seed=seed, callback=callback, common=common,
     )
     if mode == "forward":
         return forward
@@ -341,7 +367,7 @@ def fit_amortized(
     out.best_step, out.stopped_early = forward.best_step, forward.stopped_early
     out.simulations = forward.simulations + reverse.simulations
     out.model_evaluations = reverse.model_evaluations
-    out.forward_steps = forward.steps
+    out.forward_steps, out.lr_cuts = forward.steps, forward.lr_cuts
     return out
 
 
@@ -408,8 +434,15 @@ def _streamed_loss(guide, bank, batch_size, validation_fraction, seed, checkpoin
     return loss, val_latent, val_data, guide.reference_like()
 
 
+def _scale_lr(optim: PyroOptim, factor: float) -> None:
+    """Multiply the learning rate of every parameter's optimizer by ``factor``."""
+    for opt in optim.optim_objs.values():
+        for group in opt.param_groups:
+            group["lr"] *= factor
+
+
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
-                 validation_fraction, validate_every, patience, seed, callback,
+                 validation_fraction, validate_every, patience, plateau_factor, seed, callback,
                  common) -> AmortizedHistory:
     bank = simulations if isinstance(simulations, SimulationBank) else None
     if bank is not None:  # pyro_kr.simulate's bank: in memory, or shards streamed from disk
@@ -422,7 +455,8 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         raise ValueError("mode='forward' and 'hybrid' need num_simulations (the simulation "
                          "budget) or a bank of simulations")
     check_dim("num_simulations", num_simulations, minimum=2)
-    check_dim("validate_every", validate_every)
+    if validate_every is not None:
+        check_dim("validate_every", validate_every)
     check_dim("patience", patience)
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
@@ -448,8 +482,25 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         loss = _ForwardLoss(guide, latent[train], {k: v[train] for k, v in data.items()},
                             batch_size)
         val_latent, val_data = latent[val], {k: v[val] for k, v in data.items()}
+    # Steps from the bank size: validate once per epoch of the training split, and after at
+    # least 4 training pairs per validation pair (a check then costs at most about a quarter of
+    # the training between checks); cap the phase at _MAX_EPOCHS epochs.
+    epoch = math.ceil((num_simulations - n_val) / batch_size)
+    if validate_every is None:
+        validate_every = max(epoch, math.ceil(4 * n_val / batch_size))
+    common = dict(common)
+    if common["steps"] is None:
+        common["steps"] = _MAX_EPOCHS * epoch
+    if common["optim"] is None:  # Adam with gradient clipping; the plateau rule decays it
+        lr = _FORWARD_LR if common["lr"] is None else common["lr"]
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        common.update(optim=pyro.optim.ClippedAdam({"lr": lr}), lr=None)
+    optim = common["optim"]
     record = AmortizedHistory(mode="forward")
-    state = {"best": math.inf, "best_params": None, "bad": 0}
+    state = {"best": math.inf, "best_params": None, "smooth": None, "best_smooth": math.inf,
+             "bad": 0, "since_cut": 0}
+    cut_after = max(1, patience // 4)
 
     def validate(step: int) -> bool:
         with torch.no_grad():
@@ -458,11 +509,23 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         value /= n_val
         record.val_step.append(step + 1)
         record.val_loss.append(value)
-        if value < state["best"]:
-            state.update(best=value, best_params=snapshot_params(), bad=0)
+        if value < state["best"]:  # the parameters kept: the best check itself
+            state.update(best=value, best_params=snapshot_params())
             record.best_step = step + 1
-        else:
-            state["bad"] += 1
+        # Patience and plateaus are judged on a smoothed validation loss: one lucky check
+        # neither resets nor exhausts them.
+        smooth = value if state["smooth"] is None else (
+            _VAL_SMOOTHING * value + (1 - _VAL_SMOOTHING) * state["smooth"])
+        state["smooth"] = smooth
+        if smooth < state["best_smooth"]:
+            state.update(best_smooth=smooth, bad=0, since_cut=0)
+            return False
+        state["bad"] += 1
+        state["since_cut"] += 1
+        if plateau_factor is not None and state["since_cut"] >= cut_after:
+            _scale_lr(optim, plateau_factor)
+            state["since_cut"] = 0
+            record.lr_cuts.append(step + 1)
         return state["bad"] >= patience
 
     def check(step: int, rec: dict[str, float]) -> bool:
@@ -482,4 +545,5 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     out.simulations = num_simulations
     out.val_step, out.val_loss = record.val_step, record.val_loss
     out.best_step, out.stopped_early = record.best_step, record.stopped_early
+    out.lr_cuts = record.lr_cuts
     return out

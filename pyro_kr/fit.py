@@ -31,7 +31,11 @@ from pyro_kr.checkpoint import (
 from pyro_kr.history import TrainingHistory
 from pyro_kr.traces import guess_plate_nesting
 
-__all__ = ["History", "NonFiniteLossError", "fit"]
+__all__ = ["DECAY_TO", "History", "NonFiniteLossError", "fit"]
+
+DECAY_TO = 0.01
+"""``fit``'s end game with an annealing schedule: after the ramp ends, Adam's learning rate
+decays geometrically to this fraction of its start by the last step (``lr_decay``)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,6 +93,53 @@ def _resolve_optim(lr: float | None, optim: PyroOptim | None) -> PyroOptim:
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     return Adam({"lr": lr})
+
+
+def _decay_plan(
+    lr_decay: bool | None, optim: PyroOptim | None, schedule, steps: int
+) -> int | None:
+    """The step from which ``fit`` decays its own Adam's lr, or ``None`` for a constant lr.
+
+    ``lr_decay=None`` (the default) decays when ``fit`` builds the optimizer itself (no
+    ``optim``) and the loss anneals (a schedule with a ramp of ``steps`` steps) that ends
+    before the last step; ``True`` requires both; ``False`` never decays.
+    """
+    if lr_decay is not None and not isinstance(lr_decay, bool):
+        raise TypeError(f"lr_decay must be None, True or False, got {lr_decay!r}")
+    ramp = getattr(schedule, "steps", None)
+    usable = (optim is None and isinstance(ramp, int) and not isinstance(ramp, bool)
+              and ramp >= 1)
+    if lr_decay is False or (lr_decay is None and not usable):
+        return None
+    if optim is not None:
+        raise ValueError(
+            "lr_decay=True decays fit's own Adam; with optim= pass a decaying optimizer "
+            "yourself (e.g. pyro.optim.ClippedAdam with lrd) or leave lr_decay unset"
+        )
+    if not usable:
+        raise ValueError(
+            "lr_decay=True decays the lr after the annealing ramp ends, and this loss has no "
+            "annealing schedule: pass loss=TransportELBO(Annealing.over(steps)), or an "
+            "optimizer that decays (optim=pyro.optim.ClippedAdam({'lr': ..., 'lrd': ...}))"
+        )
+    return ramp if ramp < steps else None
+
+
+def _decayed_lr(lr: float, step: int, start: int, steps: int) -> float:
+    """``lr`` before ``start``, then ``lr * DECAY_TO ** ((step - start) / (steps - start))``."""
+    return lr * DECAY_TO ** (0.0 if step < start else (step - start) / (steps - start))
+
+
+def _set_lr(optim: PyroOptim, value: float, pending: dict | None = None) -> None:
+    """Set the lr of every per-parameter optimizer, and of the saved optimizer states in
+    ``pending`` (a checkpoint's ``optim`` entry, loaded when each optimizer is created at the
+    next step): the lr is a pure function of the step, so a resumed run is exact."""
+    for opt in optim.optim_objs.values():
+        for group in opt.param_groups:
+            group["lr"] = value
+    for saved in (pending or {}).values():
+        for group in saved.get("param_groups", ()):
+            group["lr"] = value
 
 
 def _postfix(record: dict[str, float], value: float) -> dict[str, str]:
@@ -186,6 +237,7 @@ def fit(
     checkpoint_every: int | None = None,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     check: bool = True,
+    lr_decay: bool | None = False,
     **kwargs,
 ) -> History:
     """Train ``guide`` on ``model`` with SVI and return the :class:`History`.
@@ -196,6 +248,13 @@ def fit(
         steps: total number of steps, ``>= 1`` (a resumed run continues up to this number;
             a checkpoint already past it is refused).
         lr: Adam learning rate (default 1e-2), or pass ``optim`` (a ``pyro.optim`` optimizer).
+        lr_decay: the end game of ``fit``'s own Adam. With an annealing schedule (e.g.
+            ``TransportELBO(Annealing.over(steps))``) whose ramp ends before ``steps``, the
+            default (``None``) holds ``lr`` until the ramp ends and then decays it
+            geometrically to ``DECAY_TO`` (1 %) of ``lr`` by the last step, so the fit settles
+            instead of moving every parameter by about ``lr`` per step to the end.
+            ``False``: a constant ``lr``. ``True``: require the decay (an error without a
+            schedule or with ``optim``). Not applied when ``optim`` is given.
         progress: show a progress bar with loss, ELBO, eps, lambda and steps/s (a tqdm bar on
             a terminal or in a notebook; when stderr is not a terminal, e.g. logs or CI, one
             plain line every 10% of the steps).
@@ -246,8 +305,10 @@ def fit(
     _check_data(model, args, kwargs)
     if checkpoint is not None:
         check_writable(checkpoint)
-    optim = _resolve_optim(lr, optim)
     schedule = getattr(loss, "schedule", None)
+    decay_from = _decay_plan(lr_decay, optim, schedule, steps)
+    base_lr = 1e-2 if lr is None else lr
+    optim = _resolve_optim(lr, optim)
     svi = SVI(model, guide, optim, loss)
     history = History()
     start = 0
@@ -268,6 +329,9 @@ def fit(
                 # The uninterrupted run guessed this at step 0, before the RNG state we restore.
                 guess_plate_nesting(loss, model, guide, args, kwargs)
         restore_params(state["params"], strict=True)
+        if decay_from is not None:  # the saved lr is the previous step's
+            _set_lr(optim, _decayed_lr(base_lr, int(state["step"]), decay_from, steps),
+                    state["optim"])
         optim.set_state(state["optim"])
         if schedule is not None and state.get("schedule") is not None:
             schedule.load_state_dict(state["schedule"])
@@ -298,6 +362,8 @@ def fit(
     snapshot = snapshot_params()
     try:
         for step in range(start, steps):
+            if decay_from is not None:
+                _set_lr(optim, _decayed_lr(base_lr, step, decay_from, steps))
             with quiet_plate_guess():
                 value = svi.step(*args, **kwargs)
             if parallel:

@@ -1,0 +1,238 @@
+"""The issue-18 suite table: the default AutoKR against every stock Pyro guide, per problem,
+several seeds, the same budget for every guide.
+
+Every SVI run goes through the bench registry (:mod:`pyro_kr.bench.methods`, the code
+``pyro-kr bench`` runs): ``steps`` steps (the problem's bench default,
+:func:`pyro_kr.bench.runner.default_steps`, unless ``--steps``) of 8 vectorized ELBO particles,
+Adam lr 1e-2, float64, through :func:`pyro_kr.fit` with its default end-of-fit check. Guides:
+``autokr_monotone`` (the default ``AutoKR(model)``, ``TransportELBO(Annealing.over(steps))``),
+``auto_normal``, ``auto_mvn``, ``auto_lowrank``, ``auto_iaf``, ``auto_spline`` (Pyro's spline
+autoregressive flow), plus the variants this script defines (``--methods``; see
+:data:`VARIANTS`). Scored by W2 on standardized coordinates against the problem's reference
+(n = 2000, the guide's draws and the reference subsampled with the run's seed) with its noise
+floor (W2 between two reference halves of the same size). A run counts as failed when it
+raised (NaN loss, Laplace failure) or drew non-finite values; ``fit``'s warnings
+(``FitWarning``: stalled / collapsed / worse than the Laplace Gaussian) are recorded. CPU
+seconds (``time.process_time``) per run are recorded too.
+
+Results are appended to ``--out`` after every run (a rerun skips the runs already there), and
+``--table`` prints the readable table of a results file.
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/suite.py --problems banana \\
+        --methods autokr_monotone auto_mvn --seeds 0 1 2 3 4
+    python benchmarks/suite.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+torch.set_num_threads(1)
+
+import pyro_kr  # noqa: E402
+from pyro_kr import metrics  # noqa: E402
+from pyro_kr.bench import methods, problems, runner  # noqa: E402
+from pyro_kr.bench.problems.symmetric_modes import mode_shares  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+STOCK = ("auto_normal", "auto_mvn", "auto_lowrank", "auto_iaf", "auto_spline")
+DEFAULT_METHODS = ("autokr_monotone",) + STOCK
+SUITE = ("linear_gaussian", "banana", "funnel", "eight_schools", "lotka_volterra",
+         "elliptic_1d", "darcy_2d", "symmetric_modes")
+NEAR_GAUSSIAN = ("linear_gaussian", "elliptic_1d", "darcy_2d", "lotka_volterra")
+
+
+def _decay_after_ramp(steps: int, ramp: int, final: float = 0.01):
+    """Adam lr 1e-2 held until the annealing ramp ends, then decayed geometrically to
+    ``final`` times its start by the last step; returns ``(optimizer, fit callback)``."""
+    rate = final ** (1 / max(steps - ramp, 1))
+    optim = pyro.optim.LambdaLR({
+        "optimizer": torch.optim.Adam, "optim_args": {"lr": methods.LR},
+        "lr_lambda": lambda k: 1.0 if k < ramp else rate ** (k - ramp),
+    })
+    return optim, lambda step, record: optim.step()
+
+
+def _autokr_variant(beta=1.0, decay: bool = False):
+    """The default AutoKR with the likelihood-tempering ramp ``beta`` and/or the lr decay
+    after the annealing ramp (bench settings otherwise)."""
+
+    def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
+        with methods.float64():
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            guide = pyro_kr.AutoKR(problem.model)
+            schedule = pyro_kr.Annealing.over(steps, beta=beta)
+            loss = pyro_kr.TransportELBO(schedule, num_particles=particles,
+                                         vectorize_particles=particles > 1)
+            options: dict = {"lr": methods.LR}
+            if decay:
+                optim, callback = _decay_after_ramp(steps, schedule.steps)
+                options = {"optim": optim, "callback": callback}
+            history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
+                                  progress=progress, **options)
+            draws = methods.sample_guide(guide, problem.param_names, num_draws,
+                                         problem.param_shapes, y=y)
+        return methods.MethodResult(draws=draws, wall_time_s=history.seconds,
+                                    seconds_per_step=history.seconds / steps,
+                                    loss=list(history.loss), guide=guide)
+
+    return fit
+
+
+VARIANTS = {
+    # the default AutoKR with beta ramped 1e-2 -> 1 on the (eps, lam) ramp
+    "autokr_temper": _autokr_variant(beta=(1e-2, 1.0)),
+    # the default AutoKR with Adam's lr held to the end of the annealing ramp (70 % of the
+    # steps), then decayed geometrically to 1 % of its start by the last step
+    "autokr_decay": _autokr_variant(decay=True),
+}
+
+
+def get_method(name: str):
+    return VARIANTS[name] if name in VARIANTS else methods.get(name)
+
+
+def one_run(problem, y, ref, name: str, *, steps: int, seed: int, num_draws: int) -> dict:
+    fit = get_method(name)
+    row: dict = {"seed": seed, "steps": steps, "particles": methods.PARTICLES}
+    cpu = time.process_time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res = fit(problem, y, steps=steps, seed=seed, num_draws=num_draws)
+            failed = res.failed
+        except Exception as exc:  # noqa: BLE001 - a crash is a counted failure
+            res, failed = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    row["cpu_s"] = time.process_time() - cpu
+    row["fit_warnings"] = sorted({str(w.message)[:160] for w in caught
+                                  if w.category.__name__ == "FitWarning"})
+    if failed is None and not all(np.isfinite(v).all() for v in res.draws.values()):
+        failed = "non-finite posterior draws"
+    row["failed"] = failed
+    if failed is None:
+        with methods.float64():
+            scores = metrics.compare(res.draws, ref, metrics=("w2_standardized",), n=2000,
+                                     seed=seed)
+        row["w2"] = float(scores["w2_standardized"])
+        row["floor"] = float(scores["w2_standardized_noise_floor"])
+        if problem.name == "symmetric_modes":
+            shares = mode_shares(res.draws["theta1"], res.draws["theta2"])
+            row["max_share_error"] = max(abs(s - 0.25) for s in shares.values())
+    return row
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"problems": {}}
+
+
+def run(args) -> None:
+    out = Path(args.out)
+    data = load(out)
+    data.setdefault("settings", {
+        "particles": methods.PARTICLES, "lr": methods.LR, "num_draws": args.num_draws,
+        "metric": "w2_standardized, n=2000, floor = W2 between reference halves",
+        "dtype": "float64", "threads": 1,
+    })
+    for pname in args.problems:
+        problem = problems.get(pname)
+        y = problem.observation(0)
+        ref, _ = runner.load_reference(problem, 0)
+        steps = args.steps or runner.default_steps(pname)
+        entry = data["problems"].setdefault(pname, {"steps": steps, "methods": {}})
+        if entry["steps"] != steps:
+            raise SystemExit(f"{out} holds {pname} at {entry['steps']} steps, not {steps}")
+        for name in args.methods:
+            rows = entry["methods"].setdefault(name, [])
+            for seed in args.seeds:
+                if any(r["seed"] == seed for r in rows):
+                    continue
+                row = one_run(problem, y, ref, name, steps=steps, seed=seed,
+                              num_draws=args.num_draws)
+                rows.append(row)
+                rows.sort(key=lambda r: r["seed"])
+                data["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                runner.write_json_atomic(data, out)
+                print(pname, name, json.dumps(row), flush=True)
+
+
+def _median(rows: list[dict], key: str = "w2") -> float:
+    vals = [r[key] for r in rows if r.get("failed") is None and key in r]
+    if len(vals) < len(rows):  # a failed run counts as infinitely bad
+        vals += [math.inf] * (len(rows) - len(vals))
+    return statistics.median(vals) if vals else math.nan
+
+
+def table(data: dict) -> str:
+    """Markdown table: median W2 (min-max) per guide and problem, seeds, floor, verdicts."""
+    lines = []
+    names = []
+    for entry in data["problems"].values():
+        for m in entry["methods"]:
+            if m not in names:
+                names.append(m)
+    names.sort(key=lambda m: (m not in DEFAULT_METHODS, DEFAULT_METHODS.index(m)
+                              if m in DEFAULT_METHODS else 0, m))
+    lines.append("| problem (steps) | floor | " + " | ".join(f"`{m}`" for m in names)
+                 + " | default vs best stock |")
+    lines.append("|---" * (len(names) + 3) + "|")
+    for pname, entry in data["problems"].items():
+        floors = [r["floor"] for rows in entry["methods"].values() for r in rows if "floor" in r]
+        floor = statistics.median(floors) if floors else math.nan
+        cells = []
+        for m in names:
+            rows = entry["methods"].get(m, [])
+            if not rows:
+                cells.append("")
+                continue
+            med = _median(rows)
+            ok = [r["w2"] for r in rows if r.get("failed") is None and "w2" in r]
+            fails = sum(r.get("failed") is not None for r in rows)
+            cell = f"{med:.3g}" + (f" ({min(ok):.3g}-{max(ok):.3g})" if len(ok) > 1 else "")
+            cell += f" n={len(rows)}" + (f", {fails} failed" if fails else "")
+            cells.append(cell)
+        stock = {m: _median(entry["methods"][m]) for m in STOCK if m in entry["methods"]}
+        verdict = ""
+        if "autokr_monotone" in entry["methods"] and stock:
+            best = min(stock, key=stock.get)
+            d = _median(entry["methods"]["autokr_monotone"])
+            verdict = (f"{d:.3g} vs {stock[best]:.3g} ({best}): "
+                       + ("met" if d <= stock[best] else "missed")
+                       + f"; {d / floor:.2f}x floor")
+        lines.append(f"| {pname} ({entry['steps']}) | {floor:.3g} | " + " | ".join(cells)
+                     + f" | {verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", nargs="+", default=list(SUITE))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=None,
+                        help="override the bench default steps (e.g. 5 for a smoke run)")
+    parser.add_argument("--num-draws", type=int, default=4000)
+    parser.add_argument("--out", default=str(RESULTS / "suite.json"))
+    parser.add_argument("--table", action="store_true", help="print the table of --out")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(load(Path(args.out))))
+        return 0
+    run(args)
+    print(table(load(Path(args.out))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,17 @@ learning rate (stated in the JSON).
 
 Run: ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/hierarchical.py`` (``--smoke`` for a
 tiny run). Writes ``benchmarks/results/hierarchical.json`` and ``bench-out/hierarchical.png``.
+
+Hierarchical logistic regression (``--logistic``; radon/election style): ``N = 1,000`` groups,
+``20,000`` rows (20 per group), one covariate, group intercepts ``a_j`` and slopes ``b_j``
+with centered priors ``a_j ~ N(mu_a, tau_a)``, ``b_j ~ N(mu_b, tau_b)``, data simulated with
+numpy seed 0 (:func:`logistic_data`). Reference: PyMC NUTS on the non-centered twin, built once
+with ``python benchmarks/hierarchical.py --groups --logistic-reference`` (4 chains x 2,500
+draws after 500 tuning steps, every 5th draw kept; stored in
+``bench-out/hierarchical_logistic_ref.npz`` with its R-hat / ESS summary). Globals
+``(mu_a, mu_b, log tau_a, log tau_b)``; locals ``(a_j, b_j)``. Floor: chains 0-1 against
+chains 2-3. ``python benchmarks/hierarchical.py --groups --logistic`` writes
+``benchmarks/results/hierarchical_logistic.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ import pyro_kr
 from pyro_kr.diagnostics import psis
 
 RESULTS = Path(__file__).parent / "results" / "hierarchical.json"
+LOGISTIC_RESULTS = Path(__file__).parent / "results" / "hierarchical_logistic.json"
 OUT = Path("bench-out")
 
 
@@ -94,6 +106,248 @@ def w2_2d(a: np.ndarray, b: np.ndarray) -> float:
 def w2_1d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     qa, qb = np.sort(a, 0), np.sort(b, 0)
     return np.sqrt(((qa - qb) ** 2).mean(0))
+
+
+# --- hierarchical logistic regression (radon/election style) ---------------------------------
+LOGISTIC_REF = OUT / "hierarchical_logistic_ref.npz"
+LOGISTIC_GLOBALS = ("mu_a", "mu_b", "log_tau_a", "log_tau_b")
+
+
+def logistic_data(n: int = 1000, rows: int = 20000, seed: int = 0):
+    """Simulated data: ``rows`` rows spread evenly over ``n`` groups, one covariate ``x``.
+
+    True values: ``mu_a = 0.5``, ``tau_a = 0.8``, ``mu_b = -0.3``, ``tau_b = 0.5``;
+    ``y ~ Bernoulli(sigmoid(a[g] + b[g] x))``. Returns numpy arrays ``(g, x, y)``.
+    """
+    rng = np.random.default_rng(seed)
+    g = np.arange(rows) % n
+    x = rng.standard_normal(rows)
+    a = 0.5 + 0.8 * rng.standard_normal(n)
+    b = -0.3 + 0.5 * rng.standard_normal(n)
+    y = (rng.random(rows) < 1 / (1 + np.exp(-(a[g] + b[g] * x)))).astype("int64")
+    return g, x, y
+
+
+def logistic_model(g, x, y, n):
+    """Centered Pyro model: ``mu ~ N(0, 2)``, ``tau ~ HalfNormal(1)``, ``a_j ~ N(mu_a, tau_a)``,
+    ``b_j ~ N(mu_b, tau_b)`` in the plate ``groups``,
+    ``y_r ~ Bernoulli(logits = a[g_r] + b[g_r] x_r)`` in the plate ``rows``."""
+    mu_a = pyro.sample("mu_a", dist.Normal(0.0, 2.0))
+    mu_b = pyro.sample("mu_b", dist.Normal(0.0, 2.0))
+    tau_a = pyro.sample("tau_a", dist.HalfNormal(1.0))
+    tau_b = pyro.sample("tau_b", dist.HalfNormal(1.0))
+    with pyro.plate("groups", n):
+        a = pyro.sample("a", dist.Normal(mu_a, tau_a))
+        b = pyro.sample("b", dist.Normal(mu_b, tau_b))
+    with pyro.plate("rows", len(y)):
+        pyro.sample("y", dist.Bernoulli(logits=a[..., g] + b[..., g] * x), obs=y)
+
+
+def logistic_reference(draws: int, tune: int, chains: int, thin: int = 1, seed: int = 0,
+                       path: Path = LOGISTIC_REF) -> dict:
+    """PyMC NUTS on the non-centered twin (``a = mu_a + tau_a z_a``), chains run one after the
+    other in one process; writes every ``thin``-th draw (float32, ``(chains, draws // thin, .)``)
+    and a summary of the unthinned chains (R-hat, bulk/tail ESS of the globals, worst R-hat and
+    ESS over the 2N locals, divergences, CPU seconds)."""
+    import arviz as az
+    import pymc as pm
+
+    g, x, y = logistic_data()
+    n = int(g.max()) + 1
+    with pm.Model():
+        mu_a = pm.Normal("mu_a", 0, 2)
+        mu_b = pm.Normal("mu_b", 0, 2)
+        tau_a = pm.HalfNormal("tau_a", 1)
+        tau_b = pm.HalfNormal("tau_b", 1)
+        za = pm.Normal("za", 0, 1, shape=n)
+        zb = pm.Normal("zb", 0, 1, shape=n)
+        a = pm.Deterministic("a", mu_a + tau_a * za)
+        b = pm.Deterministic("b", mu_b + tau_b * zb)
+        pm.Bernoulli("y", logit_p=a[g] + b[g] * x, observed=y)
+        cpu0 = time.process_time()
+        idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed,
+                          progressbar=False, compute_convergence_checks=False)
+        cpu = time.process_time() - cpu0
+    post = idata.posterior
+    glob = np.stack([post["mu_a"].values, post["mu_b"].values, np.log(post["tau_a"].values),
+                     np.log(post["tau_b"].values)], -1).astype("float32")
+    local = np.concatenate([post["a"].values, post["b"].values], -1).astype("float32")
+    gd = az.from_dict(posterior={k: glob[..., i] for i, k in enumerate(LOGISTIC_GLOBALS)})
+    ld = az.from_dict(posterior={"ab": local})
+    summary = {
+        "draws": draws, "tune": tune, "chains": chains, "seed": seed, "cpu_seconds": cpu,
+        "rhat": {k: float(az.rhat(gd)[k]) for k in LOGISTIC_GLOBALS},
+        "ess_bulk": {k: float(az.ess(gd, method="bulk")[k]) for k in LOGISTIC_GLOBALS},
+        "ess_tail": {k: float(az.ess(gd, method="tail")[k]) for k in LOGISTIC_GLOBALS},
+        "locals_max_rhat": float(az.rhat(ld)["ab"].max()),
+        "locals_min_ess_bulk": float(az.ess(ld, method="bulk")["ab"].min()),
+        "divergences": int(idata.sample_stats["diverging"].sum()),
+        "mean_leapfrog_steps": float(idata.sample_stats["n_steps"].mean()),
+        "mean": {k: float(glob[..., i].mean()) for i, k in enumerate(LOGISTIC_GLOBALS)},
+        "sd": {k: float(glob[..., i].std()) for i, k in enumerate(LOGISTIC_GLOBALS)},
+    }
+    summary["thin"] = thin
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, globals=glob[:, ::thin], locals=local[:, ::thin],
+                        summary=json.dumps(summary))
+    return summary
+
+
+def load_logistic_reference(path: Path = LOGISTIC_REF):
+    """``(globals (chains, draws, 4), locals (chains, draws, 2N), summary)`` of the stored
+    NUTS reference; raises with the rebuild command if it is missing."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: rebuild it with `OMP_NUM_THREADS=1 python "
+            "benchmarks/hierarchical.py --groups --logistic-reference` (about 10 CPU-min)")
+    f = np.load(path)
+    return f["globals"], f["locals"], json.loads(str(f["summary"]))
+
+
+def make_logistic_guide(name: str):
+    if name == "autokr_sparse":
+        return pyro_kr.AutoKR(logistic_model, structure="plates")
+    if name == "autokr_sparse_affine":
+        return pyro_kr.AutoKR(logistic_model, map="affine", structure="plates")
+    if name == "autokr_dense":
+        return pyro_kr.AutoKR(logistic_model)
+    if name == "autonormal":
+        return AutoNormal(logistic_model)
+    if name == "lowrank_mvn":
+        return AutoLowRankMultivariateNormal(logistic_model)
+    if name == "structured":
+        glob = {k: "linear" for k in ("mu_a", "mu_b", "tau_a", "tau_b")}
+        return AutoStructured(
+            logistic_model,
+            conditionals={k: "normal" for k in ("mu_a", "mu_b", "tau_a", "tau_b", "a", "b")},
+            dependencies={"a": dict(glob), "b": dict(glob)},
+        )
+    if name == "iaf":
+        return AutoIAFNormal(logistic_model)
+    raise ValueError(name)
+
+
+def logistic_guide_draws(guide, args, num: int, seed: int):
+    """Guide draws: globals ``(num, 4)`` as ``(mu_a, mu_b, log tau_a, log tau_b)`` and locals
+    ``(num, 2N)`` as ``(a, b)``."""
+    pyro.set_rng_seed(seed)
+    sites = ["mu_a", "mu_b", "tau_a", "tau_b", "a", "b"]
+    pred = pyro.infer.Predictive(guide, num_samples=num, parallel=True, return_sites=sites)
+    with torch.no_grad():
+        out = pred(*args)
+    n = args[-1]
+    g = np.stack([out["mu_a"].reshape(num).numpy(), out["mu_b"].reshape(num).numpy(),
+                  out["tau_a"].reshape(num).log().numpy(),
+                  out["tau_b"].reshape(num).log().numpy()], 1)
+    loc = np.concatenate([out["a"].reshape(num, n).numpy(), out["b"].reshape(num, n).numpy()], 1)
+    return g, loc
+
+
+def logistic_reference_sets(ref_g, ref_l):
+    """Two independent halves of the thinned NUTS draws: chains ``0 .. C/2 - 1`` (the
+    reference the guides are compared with) and the other chains (for the noise floor)."""
+    half = ref_g.shape[0] // 2
+    return ((ref_g[:half].reshape(-1, ref_g.shape[-1]), ref_l[:half].reshape(-1, ref_l.shape[-1])),
+            (ref_g[half:].reshape(-1, ref_g.shape[-1]), ref_l[half:].reshape(-1, ref_l.shape[-1])))
+
+
+def logistic_floor(ref_g, ref_l, size: int = 1000) -> dict:
+    """Noise floor: the two halves of the NUTS chains against each other, ``size`` draws each
+    (the guides are compared with ``size`` guide draws against the first half)."""
+    (a_g, a_l), (b_g, b_l) = logistic_reference_sets(ref_g, ref_l)
+    a_g, a_l, b_g, b_l = a_g[:size], a_l[:size], b_g[:size], b_l[:size]
+    row = {"model": "logistic", "method": "floor (NUTS chains 0-1 vs 2-3)",
+           "w2_globals": w2_2d(a_g, b_g), "mean_local_w2": float(w2_1d(a_l, b_l).mean())}
+    for i, k in enumerate(LOGISTIC_GLOBALS):
+        row[f"sd_err_{k}"] = float(abs(b_g[:, i].std() / a_g[:, i].std() - 1))
+    return row
+
+
+def run_logistic(name, steps, particles, lr, seed=0, evaluate=True, khat_draws=4000):
+    """Train one guide on the hierarchical logistic regression; metrics against NUTS."""
+    g, x, y = logistic_data()
+    n = int(g.max()) + 1
+    args = (torch.as_tensor(g), torch.as_tensor(x, dtype=torch.float32),
+            torch.as_tensor(y, dtype=torch.float32), n)
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    guide = make_logistic_guide(name)
+    elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
+    svi = pyro.infer.SVI(logistic_model, guide, pyro.optim.Adam({"lr": lr}), elbo)
+    svi.step(*args)  # setup outside the timing
+    start, cpu0 = time.perf_counter(), time.process_time()
+    failed, step = None, -1
+    for step in range(steps - 1):
+        try:
+            loss = svi.step(*args)
+        except (ValueError, RuntimeError) as exc:
+            failed = f"step {step + 2}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            break
+        if not math.isfinite(loss):
+            failed = f"step {step + 2}: loss {loss}"
+            break
+    done = max(step + 1, 1)
+    row = {"model": "logistic", "method": name, "groups": n, "rows": len(y), "steps": steps,
+           "particles": particles, "lr": lr, "seed": seed,
+           "seconds_per_step": (time.perf_counter() - start) / done,
+           "cpu_seconds_per_step": (time.process_time() - cpu0) / done}
+    if failed:
+        row["failed"] = failed
+        return row
+    if not evaluate:
+        return row
+    row["final_loss"] = float(loss)
+    ref_g, ref_l, _ = load_logistic_reference()
+    (rg, rl), _ = logistic_reference_sets(ref_g, ref_l)
+    gg, gl = logistic_guide_draws(guide, args, 4000, seed)
+    row["w2_globals"] = w2_2d(gg[:1000], rg[:1000])
+    for i, k in enumerate(LOGISTIC_GLOBALS):
+        row[f"sd_err_{k}"] = float(abs(gg[:, i].std() / rg[:, i].std() - 1))
+        row[f"mean_{k}"] = float(gg[:, i].mean())
+    row["mean_local_w2"] = float(w2_1d(gl[:1000], rl[:1000]).mean())
+    if khat_draws:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row["khat"] = float(psis(guide, logistic_model, *args, num_samples=khat_draws).khat)
+    return row
+
+
+def dense_monotone_parameters(d: int, depth: int = 2, num_bumps: int = 8) -> int:
+    """Parameter count of the default dense ``AutoKR`` of dimension ``d``: ``depth`` monotone
+    layers (MADE ``d -> h -> h -> (2 + 3K) d``, ``h = max(32, 4d)``) and the triangular
+    affine layer."""
+    h, out = max(32, 4 * d), (2 + 3 * num_bumps) * d
+    layer = d * h + h + h * h + h + h * out + out
+    return depth * layer + d * d + 2 * d
+
+
+def run_logistic_table(args) -> None:
+    """The logistic-regression rows (``--logistic``): every method, the floor, the reference's
+    convergence summary; JSON to ``args.logistic_output`` and a table on stdout."""
+    ref_g, ref_l, summary = load_logistic_reference()
+    rows = [logistic_floor(ref_g, ref_l)]
+    print(json.dumps(rows[-1]), flush=True)
+    for m in args.methods:
+        for seed in args.seeds:
+            if m == "autokr_dense":
+                row = {"model": "logistic", "method": m, "groups": 1000, "seed": seed,
+                       "parameters": dense_monotone_parameters(2 * 1000 + 4),
+                       "note": "not run: does not fit in memory (float32 weights, gradients and "
+                               "Adam's two moments: 16 bytes per parameter)"}
+            else:
+                row = run_logistic(m, args.steps, args.particles, args.lr, seed)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    args.logistic_output.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    args.logistic_output.write_text(json.dumps(
+        {"rows": rows, "reference": summary, "settings": settings}, indent=1))
+    cols = ["method", "seed", "cpu_seconds_per_step", "w2_globals", "sd_err_mu_a", "sd_err_mu_b",
+            "sd_err_log_tau_a", "sd_err_log_tau_b", "mean_local_w2", "khat"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "-"))
+                         for c in cols))
 
 
 def make_guide(name: str):
@@ -192,13 +446,33 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds (initialization, draws); data and reference fixed")
     p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--logistic", action="store_true",
+                   help="run the hierarchical logistic regression (N = 1,000 groups, 20,000 rows) "
+                        "with --methods against the stored NUTS reference; writes "
+                        "--logistic-output")
+    p.add_argument("--logistic-output", type=Path, default=LOGISTIC_RESULTS)
+    p.add_argument("--logistic-reference", action="store_true",
+                   help="(re)build the NUTS reference of the logistic regression "
+                        f"({LOGISTIC_REF}) with --ref-chains/--ref-tune/--ref-draws/--ref-thin")
+    p.add_argument("--ref-chains", type=int, default=4)
+    p.add_argument("--ref-tune", type=int, default=500)
+    p.add_argument("--ref-draws", type=int, default=2500)
+    p.add_argument("--ref-thin", type=int, default=5)
     p.add_argument("--plot", type=Path, default=OUT / "hierarchical.png")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.smoke:
         args.steps, args.groups, args.timing_groups, args.timing_steps = 20, [8], [100], 5
         args.output = OUT / "hierarchical_smoke.json"
+    if args.logistic_reference:
+        summary = logistic_reference(args.ref_draws, args.ref_tune, args.ref_chains,
+                                     thin=args.ref_thin)
+        print(json.dumps(summary), flush=True)
+    if args.logistic:
+        run_logistic_table(args)
     rows = []
+    if not args.groups and not args.timing_groups:
+        return
     for n in args.groups:
         for m in args.methods:
             if m == "autokr_dense" and n > args.dense_max_groups:

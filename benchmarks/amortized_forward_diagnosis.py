@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     curve = []
     cpu0 = time.process_time()
+    header = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "settings": vars(args)}
+
+    def save(result: dict) -> None:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps({**header, **result}, indent=1))
 
     def callback(step: int, record: dict) -> None:
         t = step + 1
@@ -109,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
             point["w2_raw"] = w2(torch.stack([q[k].reshape(-1) for k in names], -1).double(),
                                  ref_a)
         curve.append(point)
+        save({"curve": curve, "finished": False})  # a stopped run keeps its curve
         log(" ".join(f"{k} {v:.4g}" for k, v in point.items() if isinstance(v, float | int)))
 
     kwargs = dict(mode="forward", simulations=bank, validation_fraction=args.validation_fraction,
@@ -127,15 +135,13 @@ def main(argv: list[str] | None = None) -> dict:
     final_w2 = w2(torch.stack([q[k].reshape(-1) for k in names], -1).double(), ref_a)
     log(f"done: {history.steps} steps, best {history.best_step}, final W2 {final_w2:.4f}, "
         f"{cpu:.0f} CPU-s")
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "settings": vars(args), "steps": history.steps, "best_step": history.best_step,
+    result = {"finished": True, "steps": history.steps, "best_step": history.best_step,
+              "lr_cuts": history.lr_cuts,
               "stopped_early": history.stopped_early, "final_w2_raw_one_set": final_w2,
               "val_step": history.val_step, "val_loss": history.val_loss,
               "train_cpu_seconds_with_evals": cpu, "wall_seconds": time.perf_counter() - t0,
               "curve": curve}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+    save(result)
     return result
 
 

@@ -378,6 +378,11 @@ def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, 
     return row, guide
 
 
+def label(row: dict) -> str:
+    """The method's name; forward rows trained with fit_amortized's defaults are marked."""
+    return row["method"] + (" (defaults)" if row.get("forward_defaults") else "")
+
+
 def print_table(result: dict) -> None:
     floor = result["floor_w2"]
     print()
@@ -397,7 +402,7 @@ def print_table(result: dict) -> None:
         cal = r.get("calibration")
         cal = (f"  rejected {cal['rejected_at_1pct'] or 'none'}; "
                + " ".join(f"{v:.2f}" for v in cal["joint_coverage"].values())) if cal else ""
-        print(f"{r['method']:<10}{budget:>8}{r['seed']:>5}"
+        print(f"{label(r):<10}{budget:>8}{r['seed']:>5}"
               f"{raw['mean']:>10.4f} ± {raw['sd']:.4f}{sl['mean']:>10.4f} ± {sl['sd']:.4f}"
               f"{mmd}{r['train_seconds']:>9.0f}{evals:>13,}{cal}")
     mmd_floor = result.get("floor_mmd2_unit_kernel")
@@ -428,7 +433,7 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
         for r in result["rows"]:
             if "error" in r or r["budget"] is None:
                 continue
-            by_method.setdefault(r["method"], {}).setdefault(r["budget"], []).append(
+            by_method.setdefault(label(r), {}).setdefault(r["budget"], []).append(
                 r["w2"][key]["mean"])
         for i, (method, points) in enumerate(sorted(by_method.items())):
             xs = sorted(points)
@@ -438,8 +443,9 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
             high = [max(points[b]) - m for m, b in zip(mean, xs, strict=True)]
             seeds = sorted({len(points[b]) for b in xs})
             ax.errorbar([x * shift for x in xs], mean, yerr=[low, high], fmt="o-", capsize=3,
-                        color=COLORS.get(method), label=f"{method} ({'/'.join(map(str, seeds))} "
-                        "seeds)")
+                        color=COLORS.get(method.split()[0]),
+                        mfc="white" if method.endswith("(defaults)") else None,
+                        label=f"{method} ({'/'.join(map(str, seeds))} seeds)")
         for r in result["rows"]:
             if r["method"] == "reverse" and "error" not in r:
                 ax.axhline(r["w2"][key]["mean"], color="black", ls=":", lw=1,

@@ -42,6 +42,7 @@ import torch
 
 import pyro_kr
 import pyro_kr.bench.problems as problems
+from pyro_kr.diagnostics import sbc
 from pyro_kr.metrics import w2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,8 +259,44 @@ def accuracy(problem, guide, args) -> dict:
     return {}
 
 
+def collect(paths: list[str], out: Path) -> dict:
+    """Merge run files into one small JSON (``benchmarks/results/``) and print a table."""
+    runs = []
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        a, c = r["args"], r["calibration"]
+        runs.append({
+            "run": Path(path).stem, "problem": a["problem"], "mode": a["mode"],
+            "steps": a["steps"], "batch_size": a["batch_size"], "lr": a["lr"],
+            "embedding_dim": a["embedding_dim"], "objective": a["objective"],
+            "forward_weight": a["forward_weight"], "start": a.get("load_params"),
+            "seed": a["seed"], "train_cpu_s": r["train_cpu_s"],
+            "simulations": r["simulations"], "model_evaluations": r["model_evaluations"],
+            "accuracy": r["accuracy"], "joint_coverage": c["joint_coverage"],
+            "median_abs_loc_err": c["abs_loc_err_quantiles"][1],
+            "rms_loc_err": c["rms_loc_err"], "median_sd_ratio": c["sd_ratio_quantiles"][1],
+            "median_needed_widening": c["needed_widening_quantiles"][1],
+            "z_rms_per_coord": c["z_rms_per_coord"], "datasets_scored": c["datasets_scored"],
+            "sbc_p_values": r.get("sbc", {}).get("p_values"),
+        })
+    payload = {"description": __doc__.splitlines()[0], "datasets_seed": 12345, "runs": runs}
+    out.write_text(json.dumps(payload, indent=1))
+    print(f"{'run':<44}{'cov .5/.9/.95':>17}{'|loc err|':>10}{'sd ratio':>9}{'W2':>8}"
+          f"{'cpu s':>7}")
+    for r in runs:
+        cov = "/".join(f"{v:.2f}" for v in r["joint_coverage"].values())
+        acc = r["accuracy"]
+        w = acc.get("w2_raw_benchmark_obs", acc.get("ratio_to_floor", float("nan")))
+        print(f"{r['run']:<44}{cov:>17}{r['median_abs_loc_err']:>10.2f}"
+              f"{r['median_sd_ratio']:>9.2f}{w:>8.3f}{r['train_cpu_s']:>7.0f}")
+    return payload
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collect", nargs="+", metavar="JSON", default=None,
+                        help="merge these run files into benchmarks/results/"
+                             "amortized_calibration.json and print the table")
     parser.add_argument("--problem", default="banana")
     parser.add_argument("--mode", default="reverse", choices=["reverse", "forward", "hybrid"])
     parser.add_argument("--steps", type=int, default=1000)
@@ -278,12 +315,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-schedule", action="store_true")
     parser.add_argument("--datasets", type=int, default=200)
     parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--sbc-datasets", type=int, default=200,
+                        help="pyro_kr.diagnostics.sbc on this many datasets (0: skip)")
     parser.add_argument("--is-particles", type=int, default=4000)
     parser.add_argument("--min-ess", type=float, default=30.0)
+    parser.add_argument("--refine-schedule", action="store_true",
+                        help="the schedule of hybrid's reverse phase (eps 1e-2 -> 1e-3, lam 1e2 "
+                             "-> 1e4), e.g. to refine a guide loaded with --load-params")
+    parser.add_argument("--load-params", default=None,
+                        help="start from this param store (pyro.get_param_store().save)")
+    parser.add_argument("--save-params", default=None)
+    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument("--validate-every", type=int, default=100)
+    parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.collect:
+        return collect(args.collect, ROOT / "benchmarks" / "results" /
+                       "amortized_calibration.json")
     torch.set_num_threads(1)
     problem = problems.get(args.problem)
     pyro.clear_param_store()
@@ -298,8 +349,14 @@ def main(argv=None) -> dict:
               forward_weight=args.forward_weight, progress=False)
     if args.no_schedule:
         kw["schedule"] = None
+    if args.refine_schedule:
+        kw["schedule"] = pyro_kr.Annealing.over(args.steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4))
+    if args.load_params:
+        pyro.get_param_store().load(args.load_params)
     if args.mode != "reverse":
-        kw.update(num_simulations=args.num_simulations)
+        kw.update(num_simulations=args.num_simulations,
+                  validation_fraction=args.validation_fraction,
+                  validate_every=args.validate_every, patience=args.patience)
     if args.mode == "hybrid":
         kw.update(reverse_steps=args.reverse_steps)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -310,11 +367,20 @@ def main(argv=None) -> dict:
              "model_evaluations": history.model_evaluations,
              "forward_steps": history.forward_steps}
     log(f"trained: {facts}")
+    if args.save_params:
+        pyro.get_param_store().save(args.save_params)
     result = {"args": vars(args), **facts}
     result["accuracy"] = accuracy(problem, guide, args)
     log(f"accuracy: {result['accuracy']}")
     result["calibration"] = calibration(problem, guide, args)
-    log(json.dumps(result["calibration"]))
+    if args.sbc_datasets:
+        t0 = time.perf_counter()
+        res = sbc(guide, problem.model, num_datasets=args.sbc_datasets, num_draws=100, seed=1)
+        result["sbc"] = {"num_datasets": args.sbc_datasets, "names": list(res.names),
+                         "p_values": [float(p) for p in res.p_values],
+                         "rejected_at_1pct": list(res.rejected),
+                         "seconds": round(time.perf_counter() - t0, 1)}
+    log(json.dumps(result["calibration"]) + f" SBC {result.get('sbc')}")
     OUT.mkdir(parents=True, exist_ok=True)
     name = args.out or f"{args.problem}_{args.mode}_{args.steps}{args.tag}.json"
     (OUT / name).write_text(json.dumps(result, indent=1))

@@ -103,3 +103,37 @@ def test_anchor_records_the_forward_nll():
                   forward_weight=0.5, progress=False,
                   callback=lambda step, record: seen.append(record))
     assert len(seen) == 3 and all(math.isfinite(r["forward_nll"]) for r in seen)
+
+
+@pytest.mark.slow  # 20-40 s on 2 shared cores; the doctest runs the option by default
+def test_rws_recovers_the_exact_linear_gaussian_posterior():
+    # the wake-phase update's fixed point is the exact posterior when the family contains it
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AmortizedKR(linear_gaussian, observed="y", map="affine", hidden_dims=(),
+                        embedding_dim=8, embedding_hidden=(16,), init_scale=1.0)
+    steps = 1000
+    optim = pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.01 ** (1 / steps)})
+    history = fit_amortized(linear_gaussian, guide, mode="reverse", objective="rws",
+                            steps=steps, batch_size=32, schedule=None, optim=optim,
+                            progress=False)
+    assert history.model_evaluations == steps * 32 * 8  # 8 particles by default
+    pyro.set_rng_seed(123)
+    ys = torch.stack([pyro.poutine.uncondition(linear_gaussian)() for _ in range(10)])
+    mean, chol = exact_posterior(ys)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        draws = guide.posterior(ys).sample((20_000,))
+    q_mean = draws.mean(0)
+    centred = draws - q_mean
+    q_cov = torch.einsum("nbi,nbj->bij", centred, centred) / (len(draws) - 1)
+    cov = chol @ chol.T
+    assert (q_mean - mean).abs().max() < 0.05
+    assert (q_cov - cov).abs().max() < 0.1 * cov.abs().max()
+
+
+def test_rws_needs_several_particles():
+    guide = AmortizedKR(linear_gaussian, observed="y", map="affine")
+    with pytest.raises(ValueError, match="num_particles must be >= 2"):
+        fit_amortized(linear_gaussian, guide, mode="reverse", objective="rws",
+                      num_particles=1, steps=2, progress=False)

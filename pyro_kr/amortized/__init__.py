@@ -5,6 +5,7 @@
   importance-weighted bound, needs the likelihood), forward KL (maximum likelihood on
   simulations, needs only the simulator) or both in turn (``mode="hybrid"``);
 - :class:`ImportanceWeightedELBO`: the per-dataset importance-weighted bound;
+- :class:`ReweightedWakeLoss`: the wake-phase ``q`` update of reweighted wake-sleep;
 - :class:`ForwardAnchoredLoss`: reverse objective plus the forward NLL of the step's pairs;
 - :class:`StandardizedMLP`: the default embedding of the observations;
 - :class:`PosteriorSampler`: a detached float32 snapshot for fast serving of draws.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pyro_kr.amortized.anchor import ForwardAnchoredLoss
 from pyro_kr.amortized.embedding import StandardizedMLP
 from pyro_kr.amortized.guide import AmortizedKR
-from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO
+from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO, ReweightedWakeLoss
 from pyro_kr.amortized.sampler import PosteriorSampler
 from pyro_kr.amortized.training import AmortizedHistory, fit_amortized
 
@@ -25,6 +26,7 @@ __all__ = [
     "ForwardAnchoredLoss",
     "ImportanceWeightedELBO",
     "PosteriorSampler",
+    "ReweightedWakeLoss",
     "StandardizedMLP",
     "fit_amortized",
 ]

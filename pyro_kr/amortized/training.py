@@ -33,7 +33,7 @@ from pyro_kr import distributed
 from pyro_kr._validation import check_dim
 from pyro_kr.amortized.anchor import ForwardAnchoredLoss
 from pyro_kr.amortized.guide import AmortizedKR
-from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO
+from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO, ReweightedWakeLoss
 from pyro_kr.checkpoint import load_checkpoint, restore_params, snapshot_params
 from pyro_kr.fit import History, fit
 from pyro_kr.objective import Annealing, TransportELBO
@@ -45,7 +45,7 @@ __all__ = ["AmortizedHistory", "fit_amortized"]
 
 _BATCH_PLATE = "_pyro_kr_amortized_batch"
 _MODES = ("reverse", "forward", "hybrid")
-_OBJECTIVES = ("elbo", "iwae")
+_OBJECTIVES = ("elbo", "iwae", "rws")
 _REVERSE_STEPS = 1000  # default ``steps`` of mode="reverse" (and the hybrid's reverse phase)
 _FORWARD_LR = 2e-3  # default Adam learning rate of the forward phase
 _MAX_EPOCHS = 500  # default cap of the forward phase, in passes over the training split
@@ -247,12 +247,15 @@ def fit_amortized(
             the same data).
         simulation_seed: deprecated name of ``seed`` (a ``DeprecationWarning``; removed
             in the next release).
-        objective: reverse (and hybrid) objective: ``"elbo"`` (amortized ELBO) or ``"iwae"``
+        objective: reverse (and hybrid) objective: ``"elbo"`` (amortized ELBO), ``"iwae"``
             (the importance-weighted bound per dataset, :class:`ImportanceWeightedELBO`: less
-            mode-seeking, so less overconfident where the network misplaces ``q``).
+            mode-seeking, so less overconfident where the network misplaces ``q``) or
+            ``"rws"`` (the wake-phase update of reweighted wake-sleep,
+            :class:`~pyro_kr.amortized.ReweightedWakeLoss`: self-normalized importance-weighted
+            forward KL per dataset, mass-covering; start it from a wide ``q``).
         num_particles: draws of ``u`` per dataset and step (default 1 for ``"elbo"``, 8 for
-            ``"iwae"``); the model's log density is evaluated ``batch_size * num_particles``
-            times per reverse step.
+            ``"iwae"`` and ``"rws"``); the model's log density is evaluated
+            ``batch_size * num_particles`` times per reverse step.
         reverse_steps: ``mode="hybrid"``: reverse steps after the ``steps`` forward steps
             (default ``steps // 2``); ``schedule`` then applies to this phase (``"default"``:
             ``eps`` 1e-2 -> 1e-3 and ``lam`` 1e2 -> 1e4 over 70 % of it, so the transport
@@ -293,8 +296,11 @@ def fit_amortized(
     if objective not in _OBJECTIVES:
         raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
     if num_particles is None:
-        num_particles = 8 if objective == "iwae" else 1
+        num_particles = 8 if objective in ("iwae", "rws") else 1
     check_dim("num_particles", num_particles)
+    if objective == "rws" and num_particles < 2:
+        raise ValueError("objective='rws' weights several draws per dataset: num_particles "
+                         f"must be >= 2, got {num_particles}")
     if not (isinstance(forward_weight, int | float) and forward_weight >= 0):
         raise ValueError(f"forward_weight must be a number >= 0, got {forward_weight!r}")
     if mode == "forward" and forward_weight:
@@ -378,6 +384,10 @@ def _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, com
     if objective == "iwae":
         loss = ImportanceWeightedELBO(schedule, num_particles=num_particles,
                                       batch_dim=-nesting, max_plate_nesting=nesting)
+    elif objective == "rws":
+        loss = ReweightedWakeLoss(guide, lambda: pair.last_pairs, schedule,
+                                  num_particles=num_particles, batch_dim=-nesting,
+                                  max_plate_nesting=nesting)
     else:
         loss = TransportELBO(schedule, num_particles=num_particles, max_plate_nesting=nesting)
     if forward_weight:  # the sleep-phase anchor on the pairs the step simulated

@@ -504,8 +504,8 @@ def main() -> None:
                     rows[-1]["repeat"] = rep
                     print(json.dumps(rows[-1]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"rows": rows, "settings": vars(args) | {
-        "output": str(args.output), "plot": str(args.plot)}}, indent=1))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    args.output.write_text(json.dumps({"rows": rows, "settings": settings}, indent=1))
     cols = ["method", "groups", "seed", "subsample", "seconds_per_step", "w2_globals", "sd_err_mu",
             "sd_err_log_tau", "mean_local_w2", "khat"]
     print(" | ".join(cols))

@@ -97,6 +97,8 @@ VARIANTS = {
     # the default AutoKR with Adam's lr held to the end of the annealing ramp (70 % of the
     # steps), then decayed geometrically to 1 % of its start by the last step
     "autokr_decay": _autokr_variant(decay=True),
+    # both
+    "autokr_temper_decay": _autokr_variant(beta=(1e-2, 1.0), decay=True),
 }
 
 
@@ -215,6 +217,29 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
+WARNING_KINDS = {"stalled": "stalled at the prior", "collapsed": "misses part of",
+                 "worse than Gaussian": "worse than the Laplace Gaussian"}
+
+
+def health(data: dict) -> str:
+    """Markdown table: runs, failures (NaN loss, crash, non-finite draws) and ``fit``'s
+    warnings per guide, over every problem and seed."""
+    counts: dict[str, dict[str, int]] = {}
+    for entry in data["problems"].values():
+        for m, rows in entry["methods"].items():
+            c = counts.setdefault(m, {"runs": 0, "failed": 0, **dict.fromkeys(WARNING_KINDS, 0)})
+            for r in rows:
+                c["runs"] += 1
+                c["failed"] += r.get("failed") is not None
+                for kind, text in WARNING_KINDS.items():
+                    c[kind] += any(text in w for w in r.get("fit_warnings", []))
+    head = ["runs", "failed", *WARNING_KINDS]
+    lines = ["| guide | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for m, c in counts.items():
+        lines.append(f"| `{m}` | " + " | ".join(str(c[k]) for k in head) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", default=list(SUITE))
@@ -226,11 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "suite.json"))
     parser.add_argument("--table", action="store_true", help="print the table of --out")
     args = parser.parse_args(argv)
-    if args.table:
-        print(table(load(Path(args.out))))
-        return 0
-    run(args)
-    print(table(load(Path(args.out))))
+    if not args.table:
+        run(args)
+    data = load(Path(args.out))
+    print(table(data) + "\n\n" + health(data))
     return 0
 
 

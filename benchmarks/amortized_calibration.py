@@ -196,7 +196,8 @@ def calibration(problem, guide, args) -> dict:
         above = (post.log_prob(draws) > post.log_prob(u_star)).double().mean(0)
     coverage = {str(a): float((above < a).double().mean()) for a in (0.5, 0.9, 0.95)}
     z = (u_star - m_q) / s_q
-    cache = OUT / f"reference_{problem.name}_{args.datasets}_{args.is_particles}.pt"
+    packed = "" if problem.kr_order is None else "_" + "-".join(guide.site_slices())
+    cache = OUT / f"reference_{problem.name}{packed}_{args.datasets}_{args.is_particles}.pt"
     if cache.exists():  # the datasets are seeded: the posterior moments do not change
         ref = torch.load(cache)
     else:
@@ -309,7 +310,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--map", default="monotone")
     parser.add_argument("--hidden", type=int, nargs="*", default=None,
                         help="hidden widths of the conditioner (map_options hidden_dims)")
-    parser.add_argument("--objective", default="elbo", choices=["elbo", "iwae"])
+    parser.add_argument("--objective", default="elbo", choices=["elbo", "iwae", "rws"])
     parser.add_argument("--num-particles", type=int, default=None)
     parser.add_argument("--forward-weight", type=float, default=0.0)
     parser.add_argument("--no-schedule", action="store_true")
@@ -325,6 +326,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--load-params", default=None,
                         help="start from this param store (pyro.get_param_store().save)")
     parser.add_argument("--save-params", default=None)
+    parser.add_argument("--eval-only", action="store_true",
+                        help="score the --load-params guide without training")
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--validate-every", type=int, default=100)
     parser.add_argument("--patience", type=int, default=10)
@@ -340,7 +343,8 @@ def main(argv=None) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     options = {} if args.hidden is None else {"hidden_dims": tuple(args.hidden)}
-    guide = pyro_kr.AmortizedKR(problem.model, observed="y", map=args.map,
+    order = getattr(problem, "kr_order", None)  # the problem's recommended KR order
+    guide = pyro_kr.AmortizedKR(problem.model, observed="y", map=args.map, order=order,
                                 embedding_dim=args.embedding_dim, **options)
     optim = pyro.optim.ClippedAdam({"lr": args.lr, "lrd": args.lr_decay ** (1 / args.steps),
                                     "clip_norm": 10.0})
@@ -360,12 +364,19 @@ def main(argv=None) -> dict:
     if args.mode == "hybrid":
         kw.update(reverse_steps=args.reverse_steps)
     t0, c0 = time.perf_counter(), time.process_time()
-    history = pyro_kr.fit_amortized(problem.model, guide, **kw)
-    facts = {"train_wall_s": round(time.perf_counter() - t0, 1),
-             "train_cpu_s": round(time.process_time() - c0, 1),
-             "steps_run": history.steps, "simulations": history.simulations,
-             "model_evaluations": history.model_evaluations,
-             "forward_steps": history.forward_steps}
+    if args.eval_only:  # score the loaded guide as it is
+        if not args.load_params:
+            raise ValueError("--eval-only scores a guide loaded with --load-params")
+        guide.setup()
+        facts = {"train_wall_s": 0.0, "train_cpu_s": 0.0, "steps_run": 0, "simulations": 0,
+                 "model_evaluations": 0, "forward_steps": None}
+    else:
+        history = pyro_kr.fit_amortized(problem.model, guide, **kw)
+        facts = {"train_wall_s": round(time.perf_counter() - t0, 1),
+                 "train_cpu_s": round(time.process_time() - c0, 1),
+                 "steps_run": history.steps, "simulations": history.simulations,
+                 "model_evaluations": history.model_evaluations,
+                 "forward_steps": history.forward_steps}
     log(f"trained: {facts}")
     if args.save_params:
         pyro.get_param_store().save(args.save_params)

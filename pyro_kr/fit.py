@@ -100,9 +100,9 @@ def _decay_plan(
 ) -> int | None:
     """The step from which ``fit`` decays its own Adam's lr, or ``None`` for a constant lr.
 
-    ``lr_decay=None`` (the default) decays when ``fit`` builds the optimizer itself (no
-    ``optim``) and the loss anneals (a schedule with a ramp of ``steps`` steps) that ends
-    before the last step; ``True`` requires both; ``False`` never decays.
+    ``lr_decay=None`` decays when ``fit`` builds the optimizer itself (no ``optim``) and the
+    loss anneals (a schedule with a ramp of ``steps`` steps) that ends before the last step;
+    ``True`` requires all of it; ``False`` (the default of ``fit``) never decays.
     """
     if lr_decay is not None and not isinstance(lr_decay, bool):
         raise TypeError(f"lr_decay must be None, True or False, got {lr_decay!r}")
@@ -121,6 +121,12 @@ def _decay_plan(
             "lr_decay=True decays the lr after the annealing ramp ends, and this loss has no "
             "annealing schedule: pass loss=TransportELBO(Annealing.over(steps)), or an "
             "optimizer that decays (optim=pyro.optim.ClippedAdam({'lr': ..., 'lrd': ...}))"
+        )
+    if ramp >= steps and lr_decay is True:
+        raise ValueError(
+            f"lr_decay=True decays the lr after the annealing ramp ends, and this ramp lasts "
+            f"{ramp} steps of {steps}: nothing is left to decay. Use a ramp that ends earlier "
+            f"(Annealing.over(steps), which ramps over 70 % of them) or lr_decay=False"
         )
     return ramp if ramp < steps else None
 
@@ -250,11 +256,12 @@ def fit(
         lr: Adam learning rate (default 1e-2), or pass ``optim`` (a ``pyro.optim`` optimizer).
         lr_decay: the end game of ``fit``'s own Adam. With an annealing schedule (e.g.
             ``TransportELBO(Annealing.over(steps))``) whose ramp ends before ``steps``, the
-            default (``None``) holds ``lr`` until the ramp ends and then decays it
-            geometrically to ``DECAY_TO`` (1 %) of ``lr`` by the last step, so the fit settles
-            instead of moving every parameter by about ``lr`` per step to the end.
-            ``False``: a constant ``lr``. ``True``: require the decay (an error without a
-            schedule or with ``optim``). Not applied when ``optim`` is given.
+            decay holds ``lr`` until the ramp ends and then decays it geometrically to
+            ``DECAY_TO`` (1 %) of ``lr`` by the last step, so the fit settles instead of
+            moving every parameter by about ``lr`` per step to the end. ``False`` (the
+            default): a constant ``lr``, as Pyro's Adam. ``True``: require the decay (an error
+            without a schedule or with ``optim``). ``None``: decay when ``fit`` builds the
+            optimizer and the loss has such a schedule, a constant ``lr`` otherwise.
         progress: show a progress bar with loss, ELBO, eps, lambda and steps/s (a tqdm bar on
             a terminal or in a notebook; when stderr is not a terminal, e.g. logs or CI, one
             plain line every 10% of the steps).

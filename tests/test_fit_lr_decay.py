@@ -84,3 +84,6 @@ def test_lr_decay_errors_name_the_fix():
             optim=Adam({"lr": 1e-2}), lr_decay=True)
     with pytest.raises(TypeError, match="lr_decay must be"):
         fit(model, guide, Y, steps=5, progress=False, lr_decay="yes")
+    with pytest.raises(ValueError, match="nothing is left to decay"):
+        fit(model, guide, Y, loss=TransportELBO(Annealing(steps=5)), steps=5, progress=False,
+            lr_decay=True)

@@ -43,6 +43,7 @@ import importlib
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,6 +73,20 @@ COLORS = {"forward": "tab:orange", "hybrid": "tab:green", "hybrid_iwae": "tab:ol
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (``+dirty`` when the library or this script has local
+    edits), or ``None`` outside a git checkout: which code (and defaults) a run used."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pyro_kr",
+                                "benchmarks/amortized_peers.py"], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def import_sbi():
@@ -488,7 +503,8 @@ def merge(paths: list[str], out: str, plot_dir: str,
             rows += d["rows"]
         else:
             runs.append({"file": Path(path).name, "command": d["command"],
-                         "settings": d["settings"], "test_sets": d["test_sets"]})
+                         "settings": d["settings"], "test_sets": d["test_sets"],
+                         **({"git_commit": d["git_commit"]} if "git_commit" in d else {})})
             rows += [dict(r, run=Path(path).name) for r in d["rows"]]
     most = max(payloads, key=lambda d: d["test_sets"])
     result = {
@@ -566,7 +582,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.n_test, args.test_sets, args.npe_max_epochs = 100, 1, 2
         args.sbc_datasets = min(args.sbc_datasets, 10)
     header = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "settings": vars(args), "torch_threads": 1}
+              "settings": vars(args), "torch_threads": 1,
+              "git_commit": git_commit()}
     writes = not args.smoke or args.out != str(RESULTS)
 
     def save(result: dict) -> None:  # after every row: a stopped run keeps what it finished

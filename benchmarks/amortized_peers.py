@@ -176,7 +176,8 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
     elif args.forward_defaults:  # fit_amortized's forward defaults; only the batch size is ours
         del kwargs["steps"], kwargs["optim"]
         kwargs.update(batch_size=args.batch_forward, simulations=bank,
-                      validation_fraction=args.validation_fraction)
+                      validation_fraction=args.validation_fraction,
+                      **forward_options(args.forward_option))
     else:
         kwargs.update(batch_size=args.batch_forward, simulations=bank,
                       validate_every=args.validate_every, patience=args.patience,
@@ -195,6 +196,17 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
         facts.update(split(budget, args.validation_fraction), stopped_early=history.stopped_early,
                      val_step=history.val_step, val_loss=history.val_loss)
     return kr_draw(guide, problem.observation(0), problem.param_names), facts, guide
+
+
+def forward_options(options: list[str] | None) -> dict:
+    """``--forward-option NAME=VALUE`` -> extra ``fit_amortized`` keywords (JSON values)."""
+    out = {}
+    for option in options or []:
+        name, sep, value = option.partition("=")
+        if not sep:
+            raise ValueError(f"--forward-option takes NAME=VALUE, got {option!r}")
+        out[name] = json.loads(value)
+    return out
 
 
 def split(budget: int, fraction: float) -> dict:
@@ -550,6 +562,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="forward (and hybrid's forward phase): fit_amortized's default "
                              "steps, optimizer, validation and stopping; only --batch-forward "
                              "and --validation-fraction are passed")
+    parser.add_argument("--forward-option", action="append", metavar="NAME=VALUE",
+                        help="with --forward-defaults: pass fit_amortized(NAME=VALUE) (a JSON "
+                             "value, e.g. ema_decay=0.999); repeatable")
     parser.add_argument("--validate-every", type=int, default=200)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--depth", type=int, default=2)

@@ -189,6 +189,8 @@ def fit_amortized(
     validate_every: int | None = None,
     patience: int = 20,
     plateau_factor: float | None = 0.5,
+    ema_decay: float | None = None,
+    weight_decay: float = 0.0,
     seed: int = 0,
     simulation_seed: int | None = None,
     objective: str = "elbo",
@@ -243,6 +245,13 @@ def fit_amortized(
             after ``max(1, patience // 4)`` checks without improvement of the smoothed
             validation loss, and again after as many more (``history.lr_cuts``); ``None``
             keeps the optimizer's own schedule.
+        ema_decay: forward phase: keep an exponential moving average of the parameters with
+            this decay per step (e.g. 0.999; ``None``: none). The validation checks score the
+            averaged parameters, and the best averaged parameters are kept: still one map,
+            less noisy than the last step's. A resumed run restarts the average from the
+            checkpoint's parameters.
+        weight_decay: forward phase, default optimizer only: L2 penalty ``weight_decay * p``
+            added to every parameter's gradient (``ClippedAdam``'s ``weight_decay``).
         seed: seed of the forward-mode simulations and split (so a resumed run sees
             the same data).
         simulation_seed: deprecated name of ``seed`` (a ``DeprecationWarning``; removed
@@ -334,6 +343,20 @@ def fit_amortized(
         check_dim("steps", steps)
     if plateau_factor is not None and not 0 < plateau_factor < 1:
         raise ValueError(f"plateau_factor must lie in (0, 1) or be None, got {plateau_factor}")
+    if ema_decay is not None and (isinstance(ema_decay, bool)
+                                  or not isinstance(ema_decay, int | float)
+                                  or not 0 < ema_decay < 1):
+        raise ValueError(f"ema_decay must be a float in (0, 1), e.g. 0.999, or None; got "
+                         f"{ema_decay!r}")
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, int | float) or not (
+            weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    if weight_decay and optim is not None:
+        raise ValueError("weight_decay configures the default optimizer of the forward phase; "
+                         "with optim=..., set the weight decay in that optimizer instead")
+    if mode == "reverse" and (ema_decay is not None or weight_decay):
+        raise ValueError("ema_decay and weight_decay belong to the forward phase "
+                         "(mode='forward' or 'hybrid'); mode='reverse' takes optim=...")
     schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode)
     guide.setup(*args, **kwargs)
     common = dict(
@@ -347,7 +370,8 @@ def fit_amortized(
         model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
         simulations=simulations, validation_fraction=validation_fraction,
         validate_every=validate_every, patience=patience, plateau_factor=plateau_factor,
-        seed=seed, callback=callback, common=common,
+        ema_decay=ema_decay, weight_decay=weight_decay, seed=seed, callback=callback,
+        common=common,
     )
     if mode == "forward":
         return forward
@@ -451,9 +475,25 @@ def _scale_lr(optim: PyroOptim, factor: float) -> None:
             group["lr"] *= factor
 
 
+class _ParamAverage:
+    """Exponential moving average of every parameter in Pyro's param store."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay, self.average = decay, None
+
+    def update(self) -> None:
+        live = dict(pyro.get_param_store().named_parameters())
+        with torch.no_grad():
+            if self.average is None:  # starts at the current parameters (no bias correction)
+                self.average = {k: p.detach().clone() for k, p in live.items()}
+                return
+            for k, p in live.items():
+                self.average[k].lerp_(p.detach(), 1 - self.decay)
+
+
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
-                 validation_fraction, validate_every, patience, plateau_factor, seed, callback,
-                 common) -> AmortizedHistory:
+                 validation_fraction, validate_every, patience, plateau_factor, ema_decay,
+                 weight_decay, seed, callback, common) -> AmortizedHistory:
     bank = simulations if isinstance(simulations, SimulationBank) else None
     if bank is not None:  # pyro_kr.simulate's bank: in memory, or shards streamed from disk
         _check_bank(guide, bank, num_simulations)
@@ -505,14 +545,20 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         lr = _FORWARD_LR if common["lr"] is None else common["lr"]
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        common.update(optim=pyro.optim.ClippedAdam({"lr": lr}), lr=None)
+        common.update(optim=pyro.optim.ClippedAdam({"lr": lr, "weight_decay": weight_decay}),
+                      lr=None)
     optim = common["optim"]
     record = AmortizedHistory(mode="forward")
     state = {"best": math.inf, "best_params": None, "smooth": None, "best_smooth": math.inf,
              "bad": 0, "since_cut": 0}
     cut_after = max(1, patience // 4)
+    average = None if ema_decay is None else _ParamAverage(float(ema_decay))
 
     def validate(step: int) -> bool:
+        live = None
+        if average is not None:  # score (and keep) the averaged parameters
+            live = snapshot_params()
+            restore_params(average.average)
         with torch.no_grad():
             chunks = torch.arange(n_val, device=ref.device).split(4096)
             value = sum(float(loss.nll(c, val_latent, val_data)) * len(c) for c in chunks)
@@ -522,6 +568,8 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         if value < state["best"]:  # the parameters kept: the best check itself
             state.update(best=value, best_params=snapshot_params())
             record.best_step = step + 1
+        if live is not None:
+            restore_params(live)
         # Patience and plateaus are judged on a smoothed validation loss: one lucky check
         # neither resets nor exhausts them.
         smooth = value if state["smooth"] is None else (
@@ -540,6 +588,8 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
 
     def check(step: int, rec: dict[str, float]) -> bool:
         stop = bool(callback(step, rec)) if callback is not None else False
+        if average is not None:
+            average.update()
         if (step + 1) % validate_every == 0 and validate(step):
             record.stopped_early = True
             return True
@@ -549,7 +599,8 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         guide.networks()  # point the networks at the param store's values
 
     history = fit(_noop, register, loss=loss, callback=check, **common)
-    if state["best_params"] is not None and record.val_loss[-1] > state["best"]:
+    if state["best_params"] is not None and (average is not None
+                                             or record.val_loss[-1] > state["best"]):
         restore_params(state["best_params"])
     out = AmortizedHistory(**history.state_dict(), mode="forward")
     out.simulations = num_simulations

@@ -162,10 +162,12 @@ def _resolve_schedule(schedule, steps: int, mode: str):
                 f"{schedule!r}"
             )
         return None
+    # beta=1.0: the amortized objectives do not temper the likelihood (the iwae / rws ones
+    # refuse a beta ramp), so the default schedule is Annealing.over's without it.
     if schedule == "default" and mode == "hybrid":  # refine: the cost starts small
-        return Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4))
+        return Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4), beta=1.0)
     if schedule == "default":
-        return Annealing.over(steps)
+        return Annealing.over(steps, beta=1.0)
     if schedule is not None and not isinstance(schedule, Annealing):
         raise TypeError(
             f"schedule must be a pyro_kr.Annealing, 'default' or None, got {schedule!r}"
@@ -228,8 +230,10 @@ def fit_amortized(
             ``path=`` is streamed shard by shard (it may exceed memory), with a seeded
             validation share of every shard.
         schedule: reverse mode's :class:`~pyro_kr.Annealing`; ``"default"`` is
-            ``Annealing.over(steps)`` (the default ramps over the library's default share of
-            the steps, ``RAMP_FRACTION`` = 70 %), ``None`` is the plain amortized ELBO.
+            ``Annealing.over(steps, beta=1.0)`` (ramped over the library's default share of
+            the steps, ``RAMP_FRACTION`` = 70 %, without likelihood tempering; Adam's lr
+            stays constant: ``fit``'s decay after the ramp is off), ``None`` is the plain
+            amortized ELBO.
         lr, optim: Adam learning rate or an optimizer. Reverse default: 1e-2 (Adam, as in
             :func:`pyro_kr.fit`); forward-phase default: 2e-3 (``ClippedAdam``, gradient norm
             clipped at 10), cut on validation plateaus (``plateau_factor``).
@@ -359,9 +363,9 @@ def fit_amortized(
                          "(mode='forward' or 'hybrid'); mode='reverse' takes optim=...")
     schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode)
     guide.setup(*args, **kwargs)
-    common = dict(
+    common = dict(  # lr_decay=False: the amortized phases keep their own lr rules
         steps=steps, lr=lr, optim=optim, progress=progress, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, lr_decay=False,
     )
     if mode == "reverse":
         return _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,

@@ -444,7 +444,9 @@ def print_table(result: dict) -> None:
 
 
 def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
-    """W2 against the simulation budget, log axes: mean over seeds, bars from min to max."""
+    """W2 against the simulation budget, log axes: mean over seeds, bars from min to max.
+
+    Where several rows share a method, budget and seed (a rerun), the last one is plotted."""
     try:
         import matplotlib
 
@@ -456,12 +458,16 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     titles = {"raw": "W2, raw u", "scaled_log": "W2, log u / prior sd"}
     for ax, key in zip(axes, ("raw", "scaled_log"), strict=True):
-        by_method: dict[str, dict[int, list[float]]] = {}
+        by_seed: dict[str, dict[int, dict[int, float]]] = {}
         for r in result["rows"]:
             if "error" in r or r["budget"] is None:
                 continue
-            by_method.setdefault(label(r), {}).setdefault(r["budget"], []).append(
+            # a rerun of the same method, budget and seed replaces the earlier row (the
+            # later file in --merge wins): one point per seed, not one per run
+            by_seed.setdefault(label(r), {}).setdefault(r["budget"], {})[r["seed"]] = (
                 r["w2"][key]["mean"])
+        by_method = {m: {b: list(v.values()) for b, v in pts.items()}
+                     for m, pts in by_seed.items()}
         for i, (method, points) in enumerate(sorted(by_method.items())):
             xs = sorted(points)
             mean = [statistics.fmean(points[b]) for b in xs]

@@ -354,7 +354,8 @@ def main(argv=None) -> dict:
     if args.no_schedule:
         kw["schedule"] = None
     if args.refine_schedule:
-        kw["schedule"] = pyro_kr.Annealing.over(args.steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4))
+        kw["schedule"] = pyro_kr.Annealing.over(args.steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4),
+                                                 beta=1.0)
     if args.load_params:
         pyro.get_param_store().load(args.load_params)
     if args.mode != "reverse":

@@ -227,7 +227,7 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
     """
     steps = args.hybrid_reverse_steps
     optim = pyro.optim.ClippedAdam({"lr": args.lr_reverse, "lrd": 0.1 ** (1 / steps)})
-    schedule = pyro_kr.Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4))
+    schedule = pyro_kr.Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4), beta=1.0)
     pyro.set_rng_seed(forward_facts["seed"] + 7_919)
     particles = 8 if objective == "iwae" else 1
     t0 = time.perf_counter()

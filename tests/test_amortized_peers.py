@@ -38,6 +38,8 @@ def test_smoke_without_sbi_skips_the_peers_with_a_clear_message(tmp_path, monkey
     assert "SKIPPED npe_maf: sbi is not installed" in printed
     saved = json.loads(out.read_text())
     assert set(saved["skipped"]) == {"npe_maf", "npe_nsf"}
+    # which code (and defaults) the run used: HEAD, "+dirty" with local library edits
+    assert saved["git_commit"] is None or saved["git_commit"][:7].isalnum()
     assert [r["method"] for r in payload["rows"]] == ["forward"]
     row = payload["rows"][0]
     assert row["simulations"] == 200 and row["model_evaluations"] == 0

@@ -94,7 +94,8 @@ def _fit(problem, y, choice: Choice, *, map_kind: str, steps: int, seed: int, pa
     loss = pyro_kr.TransportELBO(choice.annealing(steps), num_particles=particles)
     start = time.perf_counter()
     try:
-        pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, lr=1e-2, progress=False)
+        pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, lr=1e-2, progress=False,
+                    lr_decay=False)  # constant lr, as measured
     except pyro_kr.NonFiniteLossError as exc:
         return guide, str(exc), time.perf_counter() - start
     return guide, None, time.perf_counter() - start

@@ -2,7 +2,9 @@
 AutoKR's W2 (issue 18)?
 
 Every run: the default ``AutoKR(model)`` (monotone map, model order), ``TransportELBO`` with
-``Annealing.over(steps)``, 8 vectorized particles, float64, the problem's bench default steps
+``Annealing.over(steps, beta=...)`` (``beta=1.0`` unless ``temper``), ``fit``'s constant lr
+(``lr_decay=False``; the recipe before 2026-12-05), 8 vectorized particles, float64, the
+problem's bench default steps
 (``pyro_kr.bench.runner.default_steps``), seeds ``--seed0``..``--seeds``-1. Arms: ``adam``
 (Adam lr 1e-2, the bench setting), ``temper`` (the same plus ``beta=(1e-2, 1.0)``),
 ``decay`` (ClippedAdam lr 1e-2 with ``lrd = 0.01 ** (1 / steps)``: the lr ends at 1 % of its
@@ -44,7 +46,7 @@ def one_run(problem, y, ref, arm: str, *, steps: int, seed: int) -> dict:
         if arm == "decay":
             options = {"optim": ClippedAdam({"lr": 1e-2, "lrd": 0.01 ** (1 / steps)})}
         else:
-            options = {"lr": 1e-2}
+            options = {"lr": 1e-2, "lr_decay": False}  # constant lr, as measured
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, progress=False,

@@ -27,7 +27,9 @@ def train(problem, y, init_scale, steps: int, seed: int = 0) -> pyro_kr.AutoKR:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     guide = pyro_kr.AutoKR(problem.model, map="affine", init_scale=init_scale)
-    loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(steps),
+    # beta=1.0: no likelihood tempering, which would start near the prior, away from the
+    # Laplace Gaussian (both starts get the same untempered schedule)
+    loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(steps, beta=1.0),
                                  num_particles=8)
     pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, lr=1e-2, progress=False)
     return guide

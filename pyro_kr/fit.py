@@ -100,9 +100,9 @@ def _decay_plan(
 ) -> int | None:
     """The step from which ``fit`` decays its own Adam's lr, or ``None`` for a constant lr.
 
-    ``lr_decay=None`` decays when ``fit`` builds the optimizer itself (no ``optim``) and the
-    loss anneals (a schedule with a ramp of ``steps`` steps) that ends before the last step;
-    ``True`` requires all of it; ``False`` (the default of ``fit``) never decays.
+    ``lr_decay=None`` (the default of ``fit``) decays when ``fit`` builds the optimizer itself
+    (no ``optim``) and the loss anneals (a schedule with a ramp of ``steps`` steps) that ends
+    before the last step; ``True`` requires all of it; ``False`` never decays.
     """
     if lr_decay is not None and not isinstance(lr_decay, bool):
         raise TypeError(f"lr_decay must be None, True or False, got {lr_decay!r}")
@@ -243,7 +243,7 @@ def fit(
     checkpoint_every: int | None = None,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     check: bool = True,
-    lr_decay: bool | None = False,
+    lr_decay: bool | None = None,
     **kwargs,
 ) -> History:
     """Train ``guide`` on ``model`` with SVI and return the :class:`History`.
@@ -258,10 +258,14 @@ def fit(
             ``TransportELBO(Annealing.over(steps))``) whose ramp ends before ``steps``, the
             decay holds ``lr`` until the ramp ends and then decays it geometrically to
             ``DECAY_TO`` (1 %) of ``lr`` by the last step, so the fit settles instead of
-            moving every parameter by about ``lr`` per step to the end. ``False`` (the
-            default): a constant ``lr``, as Pyro's Adam. ``True``: require the decay (an error
-            without a schedule or with ``optim``). ``None``: decay when ``fit`` builds the
-            optimizer and the loss has such a schedule, a constant ``lr`` otherwise.
+            moving every parameter by about ``lr`` per step to the end. ``None`` (the
+            default): decay when ``fit`` builds the optimizer (no ``optim``) and the loss has
+            such a schedule, a constant ``lr`` otherwise (no schedule, a ramp as long as the
+            run, or ``optim`` given); with ``Annealing.over(steps)``'s likelihood tempering
+            this is the default recipe (docs/hard_posteriors.md). ``False``: a constant
+            ``lr``, as Pyro's Adam (``fit``'s default before 2026-12-05). ``True``: require
+            the decay (an error without a schedule, with a ramp that leaves nothing to decay,
+            or with ``optim``).
         progress: show a progress bar with loss, ELBO, eps, lambda and steps/s (a tqdm bar on
             a terminal or in a notebook; when stderr is not a terminal, e.g. logs or CI, one
             plain line every 10% of the steps).

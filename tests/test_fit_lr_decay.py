@@ -87,3 +87,26 @@ def test_lr_decay_errors_name_the_fix():
     with pytest.raises(ValueError, match="nothing is left to decay"):
         fit(model, guide, Y, loss=TransportELBO(Annealing(steps=5)), steps=5, progress=False,
             lr_decay=True)
+
+
+def test_the_default_decays_after_a_ramp_and_only_then():
+    # lr_decay=None (fit's default) is lr_decay=True when fit owns the Adam and the ramp ends
+    # before the last step ...
+    auto, auto_final = _moves(None)
+    decayed, decayed_final = _moves(True)
+    assert auto == decayed
+    for name, value in decayed_final.items():
+        assert torch.equal(auto_final[name], value), name
+    # ... and a constant lr when the ramp lasts the whole run
+    auto, _ = _moves(None, steps=100, ramp=100)
+    constant, _ = _moves(False, steps=100, ramp=100)
+    assert auto == constant
+
+
+def test_the_default_keeps_a_given_optimizer_and_plain_losses_constant():
+    guide = AutoKR(model, map="affine")
+    optim = Adam({"lr": 1e-2})
+    fit(model, guide, Y, loss=TransportELBO(Annealing(steps=3)), steps=6, optim=optim,
+        progress=False, check=False)
+    assert {g["lr"] for o in optim.optim_objs.values() for g in o.param_groups} == {1e-2}
+    fit(model, guide, Y, loss=Trace_ELBO(), steps=6, progress=False, check=False)  # no error

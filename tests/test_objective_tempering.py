@@ -61,6 +61,18 @@ def test_annealing_beta_ramp_and_validation():
             Annealing(steps=5, beta=bad)
 
 
+def test_the_default_recipe_tempers_and_the_constructor_does_not():
+    from pyro_kr.objective.schedules import DEFAULT_BETA
+
+    over = Annealing.over(1000)  # the default recipe: beta 1e-2 -> 1 on the 700-step ramp
+    assert DEFAULT_BETA == (1e-2, 1.0)
+    assert over.beta == pytest.approx(1e-2)
+    assert over.beta_schedule == Annealing.over(1000, beta=DEFAULT_BETA).beta_schedule
+    assert over.beta_schedule(350) == pytest.approx(0.1) and over.beta_schedule(700) == 1.0
+    assert Annealing.over(1000, beta=1.0).beta == 1.0  # the untempered recipe, explicitly
+    assert Annealing(steps=1000).beta == 1.0  # the constructor builds what is written
+
+
 def test_transport_elbo_targets_the_tempered_joint():
     pyro.clear_param_store()
     guide = AutoNormal(model)

@@ -39,7 +39,8 @@ class TransportELBO(Trace_ELBO):
     evaluates. After each call, :attr:`last` holds ``loss``, ``elbo``, ``cost``, ``eps``,
     ``lam`` and ``beta``.
 
-    With a ``beta`` ramp in the schedule (``Annealing(beta=(1e-2, 1.0))``, opt-in) the model's
+    With a ``beta`` ramp in the schedule (``Annealing.over(steps)``'s default,
+    ``beta=(1e-2, 1.0)``; ``Annealing(...)`` has none unless given one) the model's
     observed sites are tempered (:mod:`pyro_kr.objective.tempering`): the objective targets
     ``p(z) p(data | z)^beta``, and ``elbo`` is the tempered ELBO until ``beta`` reaches 1.
 
@@ -93,8 +94,9 @@ class TransportELBO(Trace_ELBO):
         if tempering and type(self)._objective is not TransportELBO._objective:
             raise ValueError(
                 f"{type(self).__name__} computes its own objective and does not apply the "
-                "schedule's likelihood tempering (beta); pass an Annealing without beta, or "
-                "use TransportELBO"
+                "schedule's likelihood tempering (beta); pass an Annealing without a beta "
+                "ramp (Annealing.over(steps, beta=1.0): Annealing.over ramps beta by "
+                "default), or use TransportELBO"
             )
         self.schedule = schedule
         self.last: dict[str, float] = {}

@@ -7,7 +7,7 @@ import math
 import pyro
 import pytest
 import torch
-from _amortized_models import exact_posterior, linear_gaussian
+from _amortized_models import SIGMA, A, exact_posterior, linear_gaussian
 
 from pyro_kr import AmortizedKR, fit_amortized
 
@@ -71,4 +71,45 @@ def test_forward_default_arguments_are_checked():
                       plateau_factor=1.5, progress=False)
     with pytest.raises(ValueError, match="steps"):
         fit_amortized(linear_gaussian, guide, mode="forward", num_simulations=20, steps=0,
+                      progress=False)
+
+
+def _bank(n: int, seed: int) -> dict[str, torch.Tensor]:
+    pyro.set_rng_seed(seed)
+    z = torch.randn(n, 2, dtype=torch.float64)
+    return {"z": z, "y": z @ A.T + SIGMA * torch.randn(n, 3, dtype=torch.float64)}
+
+
+def test_ema_decay_keeps_the_best_averaged_parameters():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    bank = _bank(400, seed=3)
+    guide = AmortizedKR(linear_gaussian, observed="y", map="affine", hidden_dims=())
+    history = fit_amortized(linear_gaussian, guide, mode="forward", simulations=bank,
+                            steps=150, batch_size=32, validate_every=10, ema_decay=0.9,
+                            seed=5, progress=False)
+    # the validation split of fit_amortized (seeded permutation, 10 % held out)
+    val = torch.randperm(400, generator=torch.Generator().manual_seed(5))[:40]
+    with torch.no_grad():
+        kept = -guide.log_prob(bank["z"][val], {"y": bank["y"][val]}).mean()
+    # the parameters left in the guide are the averaged ones of the best check, not the
+    # last step's (those score differently: the average lags the steps)
+    assert float(kept) == pytest.approx(min(history.val_loss), abs=1e-6)
+    assert history.best_step == history.val_step[history.val_loss.index(min(history.val_loss))]
+
+
+def test_ema_and_weight_decay_arguments_are_checked():
+    guide = AmortizedKR(linear_gaussian, observed="y", map="affine")
+    for bad in (1.0, 0.0, True, "0.9"):
+        with pytest.raises(ValueError, match="ema_decay must be a float in"):
+            fit_amortized(linear_gaussian, guide, mode="forward", num_simulations=20,
+                          ema_decay=bad, progress=False)
+    with pytest.raises(ValueError, match="weight_decay must be a number >= 0"):
+        fit_amortized(linear_gaussian, guide, mode="forward", num_simulations=20,
+                      weight_decay=-1e-3, progress=False)
+    with pytest.raises(ValueError, match="set the weight decay in that optimizer"):
+        fit_amortized(linear_gaussian, guide, mode="forward", num_simulations=20,
+                      weight_decay=1e-3, optim=pyro.optim.Adam({"lr": 1e-3}), progress=False)
+    with pytest.raises(ValueError, match="belong to the forward phase"):
+        fit_amortized(linear_gaussian, guide, mode="reverse", steps=2, ema_decay=0.9,
                       progress=False)

@@ -26,7 +26,7 @@ def train(problem, y, map_kind: str, steps: int, seed: int = 0) -> pyro_kr.AutoK
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     guide = pyro_kr.AutoKR(problem.model, map=map_kind, order=["theta2", "theta1"])
-    schedule = pyro_kr.Annealing.over(steps)  # default eps/lam ramps over 70 %, then hold
+    schedule = pyro_kr.Annealing.over(steps)  # default eps/lam/beta ramps over 70 %, then hold
     loss = pyro_kr.TransportELBO(schedule, num_particles=8)
     pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps, lr=1e-2, progress=False)
     return guide

@@ -11,10 +11,11 @@ Entries: Pyro's ``AutoNormal``, ``AutoMultivariateNormal``,
 ``AutoLowRankMultivariateNormal`` (its default rank), ``AutoIAFNormal``,
 ``AutoNormalizingFlow`` with ``spline_autoregressive`` (``Trace_ELBO``), ``nuts`` (time to a
 fresh PyMC NUTS posterior) and, when :class:`pyro_kr.AutoKR` is available,
-``autokr_monotone`` / ``autokr_affine`` (annealed :class:`~pyro_kr.TransportELBO`) and
+``autokr_monotone`` / ``autokr_affine`` (``AutoKR``'s defaults, ``order="auto"`` included;
+annealed :class:`~pyro_kr.TransportELBO`) and
 ``autokr_monotone_elbo`` / ``autokr_affine_elbo`` (the same guides trained with the plain
 ELBO) and ``autokr_monotone_laplace`` / ``autokr_affine_laplace`` (annealed, affine part
-started at the Laplace approximation: ``AutoKR(init_scale="laplace")``) and
+started at the Laplace approximation: ``AutoKR(init_scale="laplace", order="model")``) and
 ``autokr_monotone_ordered`` (annealed, ``AutoKR(order=problem.kr_order)``: the KR order the
 problem's structure suggests; the model's order where the problem declares none).
 
@@ -328,10 +329,13 @@ def _autokr_method(
     ordered: bool = False,
     lr: float = LR,
     tempered: bool = True,
+    order: str = "auto",
 ):
     """``tempered=False``: the untempered recipe (``Annealing.over(steps, beta=1.0)``, constant
     lr), kept for the Laplace start: tempering starts near the prior, away from the Laplace
-    Gaussian, and was not measured with it."""
+    Gaussian, and was not measured with it. ``order``: ``AutoKR``'s ``order`` (its default
+    ``"auto"``, or ``"model"``); ``ordered=True`` uses ``problem.kr_order`` instead, or the
+    model's order where the problem declares none."""
 
     def fit(
         problem, y, *, steps: int, seed: int, num_draws: int, progress: bool = False,
@@ -342,9 +346,11 @@ def _autokr_method(
         with float64():
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
-            order = list(problem.kr_order) if ordered and problem.kr_order else None
+            kr_order = order
+            if ordered:
+                kr_order = list(problem.kr_order) if problem.kr_order else "model"
             guide = pyro_kr.AutoKR(
-                problem.model, map=map_kind, init_scale=init_scale, order=order
+                problem.model, map=map_kind, init_scale=init_scale, order=kr_order
             )
             # the default recipe: (eps, lam) and the likelihood temperature beta ramp over the
             # default share of the budget, then fit decays the lr to the last step
@@ -363,9 +369,9 @@ def _autokr_method(
             "TransportELBO(Annealing.over(steps)) (tempered) and fit's lr decay after the ramp"
             if tempered else "TransportELBO(Annealing.over(steps, beta=1.0)), constant lr"
         )
-    order = ", order=problem.kr_order" if ordered else ""
+    order_text = ", order=problem.kr_order" if ordered else f", order={order!r}"
     fit.__doc__ = (
-        f"Fit pyro_kr.AutoKR(map={map_kind!r}, init_scale={init_scale!r}{order}) with "
+        f"Fit pyro_kr.AutoKR(map={map_kind!r}, init_scale={init_scale!r}{order_text}) with "
         f"{objective} (``particles`` vectorized particles, default {PARTICLES}), Adam(lr={lr}) "
         "through pyro_kr.fit."
     )
@@ -387,12 +393,12 @@ _AUTOKR: dict[str, Callable] = {
     "autokr_affine_elbo": _autokr_method("affine", annealed=False),
     # Adam moves every parameter by about lr per step even at the optimum; a Laplace start
     # is close already, so these take 10x smaller steps.
-    # Untempered, constant lr (as measured): tempering starts near the prior, away from the
-    # Laplace Gaussian, and was not measured with it.
+    # Untempered, constant lr, the model's order (as measured): tempering starts near the
+    # prior, away from the Laplace Gaussian, and was not measured with it.
     "autokr_monotone_laplace": _autokr_method("monotone", init_scale="laplace", lr=LAPLACE_LR,
-                                              tempered=False),
+                                              tempered=False, order="model"),
     "autokr_affine_laplace": _autokr_method("affine", init_scale="laplace", lr=LAPLACE_LR,
-                                            tempered=False),
+                                            tempered=False, order="model"),
     "autokr_monotone_ordered": _autokr_method("monotone", ordered=True),
 }
 DEFAULT = ("auto_normal", "auto_mvn", "autokr_affine", "autokr_monotone")

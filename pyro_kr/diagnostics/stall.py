@@ -114,9 +114,9 @@ class FitCheck:
                 "the guide misses part of the posterior's mass (scales too narrow, or only "
                 f"some of several modes), or it is still on its way: k-hat > {KHAT_OK} "
                 f"({numbers}). Fixes: train longer, with a larger lr or more particles; "
-                "AutoKR(order='auto') or a deeper map; or correct the draws by importance "
-                "resampling, pyro_kr.diagnostics.psis(guide, model, "
-                "...).resample()."
+                "another KR order (AutoKR(order=[...]); the default order='auto' puts "
+                "non-Gaussian conditionals first) or a deeper map; or correct the draws by "
+                "importance resampling, pyro_kr.diagnostics.psis(guide, model, ...).resample()."
             )
         return ""
 

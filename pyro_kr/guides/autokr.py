@@ -44,18 +44,26 @@ class AutoKR(KRQueries, PackedKRGuide):
     triangular affine ``A`` initialized at ``init_loc_fn``'s point with scale ``init_scale``.
 
     The ordering matters: each ordering of the variables gives a different KR map. The first
-    sites of ``order`` are the ones whose marginals are exact and cheap (:meth:`marginal`), and
-    :meth:`conditional` samples the later sites given fixed values of the leading ones. Put the
-    sites you want to condition on (hyperparameters, global scales) first.
+    sites of the order in use (``guide.order`` after setup) are the ones whose marginals are
+    exact and cheap (:meth:`marginal`), and :meth:`conditional` samples the later sites given
+    fixed values of the leading ones. By default (``order="auto"``) the order is chosen from
+    the model, so the leading sites need not be the model's first ones: read ``guide.order``,
+    or pass ``order=[...]`` with the sites you want to condition on (hyperparameters, global
+    scales) first, or ``order="model"`` for the model's order.
 
     Args:
         model: a Pyro model with continuous latent sites.
         map: ``"monotone"`` (default) or ``"affine"``.
-        order: site names in KR order; listed sites come first (in that order), unlisted ones
-            follow in the model's order. Default: the model's order. ``"auto"``: chosen from
-            the model before training (parents, e.g. scales, before the sites they
-            parameterize; then non-Gaussian conditionals before Gaussian ones; see
-            :func:`pyro_kr.guides.order.auto_order`).
+        order: ``"auto"`` (default): chosen from the model at setup, before training
+            (parents, e.g. scales, before the sites they parameterize; then non-Gaussian
+            conditionals before Gaussian ones, the model's order breaking ties; deterministic;
+            see :func:`pyro_kr.guides.order.auto_order`). Where it cannot decide (a prior
+            that cannot be sampled, dependencies Pyro cannot trace, more than
+            :data:`~pyro_kr.guides.order.MAX_SITES` latent sites) the reason is logged and the
+            model's order is used; ``guide.order_choice`` records which. ``"model"`` (or
+            ``None``): the order in which the model samples its sites. A list of site names:
+            listed sites come first (in that order), unlisted ones follow in the model's
+            order.
         init_loc_fn: per-site initialization (Pyro's ``init_to_*`` strategies).
         init_scale: initial scale of the affine part, or ``"laplace"``: start the affine part
             at the Laplace approximation in the packed unconstrained space (``loc`` at the
@@ -93,7 +101,7 @@ class AutoKR(KRQueries, PackedKRGuide):
         model: Callable,
         *,
         map: str = "monotone",
-        order: Sequence[str] | str | None = None,
+        order: Sequence[str] | str | None = "auto",
         init_loc_fn: Callable = init_to_median,
         init_scale: float | str = 0.1,
         depth: int = 2,
@@ -149,7 +157,7 @@ class AutoKR(KRQueries, PackedKRGuide):
         """The plate plan of the prototype (globals put first if no order was given), or
         ``None`` after logging why the dense map is used."""
         plan = plate_plan(self.prototype_trace, self._unconstrained_shapes, list(self.order))
-        if needs_globals_first(plan) and self._order is None:
+        if needs_globals_first(plan) and not self._order_given:
             self._order = globals_first(self.prototype_trace, list(self.order))
             self._apply_order()
             plan = plate_plan(self.prototype_trace, self._unconstrained_shapes, list(self.order))

@@ -24,6 +24,14 @@ with ``g(t)`` the second derivative of ``t -> log p(data, z + t u) + log|J|``, t
 (one conditional sd). It is 0 for a conditional that is Gaussian in the site's unconstrained
 coordinates, whatever the other sites' values; a site scores ``inf`` where ``g(0) >= 0``.
 Constrained sites (scales through ``exp``) are non-Gaussian in this sense.
+
+When it cannot decide, :func:`auto_order` raises :class:`OrderUndecided` (a ``ValueError``)
+with the reason; ``AutoKR`` (whose default is ``order="auto"``) then logs the reason and keeps
+the model's order. The cases: a prior that cannot be sampled (e.g. ``ImproperUniform``), a
+model Pyro cannot trace the dependencies of, a model or density that fails at a prior draw,
+and more than :data:`MAX_SITES` latent sites (the score costs ``12 x sites`` model runs, each
+over all sites). The order is deterministic: prior draws and directions come from a fixed seed
+inside :func:`torch.random.fork_rng`.
 """
 
 from __future__ import annotations
@@ -39,10 +47,24 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_kr.guides.packing import discrete_latents
 
-__all__ = ["auto_order", "non_gaussianity"]
+__all__ = ["MAX_SITES", "OrderUndecided", "auto_order", "non_gaussianity"]
 
 NON_GAUSSIAN = 1e-2
 """A site whose score (see the module docstring) exceeds this counts as non-Gaussian."""
+
+MAX_SITES = 16
+"""Above this many latent sites :func:`auto_order` does not score them (setup cost grows as
+``sites^2`` model-site evaluations: about 23 CPU-s for 100 scalar sites) and raises
+:class:`OrderUndecided`."""
+
+
+class OrderUndecided(ValueError):
+    """:func:`auto_order` cannot choose an order for this model; the message says why."""
+
+
+def _rng_devices() -> list[int]:
+    """The CUDA device whose RNG :func:`torch.manual_seed` reseeds too (restored on exit)."""
+    return [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
 
 
 def _latent_sites(trace) -> list[str]:
@@ -86,7 +108,7 @@ def non_gaussianity(
         True
     """
     model_kwargs = {} if model_kwargs is None else model_kwargs
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=_rng_devices()):
         torch.manual_seed(seed)
         return _non_gaussianity(model, model_args, model_kwargs, num_points)
 
@@ -99,7 +121,8 @@ def _non_gaussianity(model, model_args, model_kwargs, num_points) -> dict[str, f
     directions = {}
     for n in names:
         shape = biject_to(supports[n]).inv(traces[0].nodes[n]["value"]).shape
-        u = torch.randn(shape, dtype=traces[0].nodes[n]["value"].dtype)
+        value = traces[0].nodes[n]["value"]
+        u = torch.randn(shape, dtype=value.dtype).to(value.device)  # seeded CPU stream
         directions[n] = u / u.norm().clamp_min(1e-12)
     for n in names:
         scores[n] = 0.0
@@ -162,8 +185,9 @@ def auto_order(
         model_args, model_kwargs: the model's arguments (the observed data).
 
     Raises:
-        ValueError: the model has discrete latent sites, or Pyro cannot trace its
-            dependencies (the message says to pass ``order=[...]`` explicitly).
+        ValueError: the model has discrete latent sites.
+        OrderUndecided: a ``ValueError`` saying why no order could be chosen (see the module
+            docstring); ``AutoKR`` logs it and keeps the model's order.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -177,28 +201,48 @@ def auto_order(
         ['tau', 'mu', 'theta']
     """
     model_kwargs = {} if model_kwargs is None else model_kwargs
-    with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG stream as it was
+    with torch.random.fork_rng(devices=_rng_devices()):  # leaves the caller's RNG stream as it was
         return _auto_order(model, model_args, model_kwargs)
 
 
+def _why(exc: Exception) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"
+
+
 def _auto_order(model: Callable, model_args: tuple, model_kwargs: dict) -> list[str]:
-    with poutine.block():
-        trace = _prior_trace(model, model_args, model_kwargs)
+    try:
+        with poutine.block():
+            trace = _prior_trace(model, model_args, model_kwargs)
+    except Exception as exc:  # noqa: BLE001 - any prior that cannot be sampled
+        raise OrderUndecided(
+            f"order='auto' could not draw from the model's prior ({_why(exc)})"
+        ) from exc
     discrete = discrete_latents(trace)
     if discrete:
         raise ValueError(f"order='auto' needs continuous latent sites; {discrete} are discrete")
     latent = _latent_sites(trace)
+    if len(latent) <= 1:
+        return latent
+    if len(latent) > MAX_SITES:
+        raise OrderUndecided(
+            f"order='auto' scores at most MAX_SITES={MAX_SITES} latent sites (setup cost grows "
+            f"as sites^2); the model has {len(latent)}"
+        )
     try:
         with poutine.block():
             deps = get_dependencies(model, model_args, model_kwargs)["prior_dependencies"]
     except Exception as exc:  # noqa: BLE001 - Pyro's provenance tracing can fail on any op
-        raise ValueError(
-            f"order='auto' could not trace the model's dependencies "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass the "
-            "KR order explicitly, AutoKR(model, order=[...])"
+        raise OrderUndecided(
+            f"order='auto' could not trace the model's dependencies ({_why(exc)})"
         ) from exc
     parents = {n: {p for p in deps.get(n, {}) if p != n and p in latent} for n in latent}
-    scores = non_gaussianity(model, model_args, model_kwargs)
+    try:
+        scores = non_gaussianity(model, model_args, model_kwargs)
+    except Exception as exc:  # noqa: BLE001 - the model or its density failed at a prior draw
+        raise OrderUndecided(
+            f"order='auto' could not score the sites' conditionals at prior draws ({_why(exc)})"
+        ) from exc
     placed: list[str] = []
     while len(placed) < len(latent):
         ready = [n for n in latent if n not in placed and parents[n] <= set(placed)]

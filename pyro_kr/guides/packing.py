@@ -9,6 +9,7 @@ the continuity check, the reordering of the prototype trace, the site slices and
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -19,6 +20,8 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 
 __all__ = ["PackedKRGuide", "discrete_latents"]
+
+logger = logging.getLogger(__name__)
 
 
 def discrete_latents(trace) -> list[str]:
@@ -43,8 +46,14 @@ class PackedKRGuide(AutoContinuous):
     Args:
         model: a Pyro model with continuous latent sites.
         order: site names in KR order; listed sites come first, the rest follow in model order.
-            ``"auto"``: :func:`pyro_kr.guides.order.auto_order` chooses it from the model.
+            ``"model"`` or ``None``: the model's order. ``"auto"``:
+            :func:`pyro_kr.guides.order.auto_order` chooses it from the model; where it cannot
+            decide, the reason is logged (WARNING; INFO for the site-count limit) and the
+            model's order is used.
         init_loc_fn: per-site initialization (Pyro's ``init_to_*`` strategies).
+
+    After setup, ``order`` holds the KR order in use and ``order_choice`` how it was chosen:
+    ``"auto"``, ``"model"``, ``"given"``, or ``"model (order='auto' could not decide: ...)"``.
     """
 
     def __init__(
@@ -54,10 +63,14 @@ class PackedKRGuide(AutoContinuous):
         order: Sequence[str] | str | None = None,
         init_loc_fn: Callable = init_to_median,
     ) -> None:
-        if isinstance(order, str) and order != "auto":
-            raise ValueError(f"order must be a list of site names or 'auto', got {order!r}")
+        if isinstance(order, str) and order not in ("auto", "model"):
+            raise ValueError(
+                f"order must be a list of site names, 'auto' or 'model', got {order!r}"
+            )
         self._order_auto = order == "auto"
-        self._order = list(order) if order is not None and not self._order_auto else None
+        self._order_given = order is not None and not isinstance(order, str)
+        self._order = list(order) if self._order_given else None
+        self.order_choice: str | None = None
         super().__init__(model, init_loc_fn=init_loc_fn)
 
     def _check_continuous(self, *args, **kwargs) -> None:
@@ -77,11 +90,28 @@ class PackedKRGuide(AutoContinuous):
         """Check continuity, run ``AutoContinuous._setup_prototype`` and apply the order."""
         self._check_continuous(*args, **kwargs)
         AutoContinuous._setup_prototype(self, *args, **kwargs)
+        self.order_choice = "given" if self._order_given else "model"
         if self._order_auto:
-            from pyro_kr.guides.order import auto_order  # order.py imports this module
-
-            self._order = auto_order(self.model, args, kwargs)
+            self._order = self._auto_order(args, kwargs)
         self._apply_order()
+
+    def _auto_order(self, args: tuple, kwargs: dict) -> list[str] | None:
+        """``auto_order``'s order, or ``None`` (the model's) after logging why it had none."""
+        from pyro_kr.guides.order import OrderUndecided, auto_order  # order.py imports us
+
+        try:
+            order = auto_order(self.model, args, kwargs)
+        except OrderUndecided as exc:
+            reason = str(exc)
+            level = logging.INFO if "MAX_SITES" in reason else logging.WARNING
+            logger.log(
+                level, "%s: using the model's order (order='model'): %s", type(self).__name__,
+                reason,
+            )
+            self.order_choice = f"model (order='auto' could not decide: {reason})"
+            return None
+        self.order_choice = "auto"
+        return order
 
     def _apply_order(self) -> None:
         nodes = self.prototype_trace.nodes

@@ -95,7 +95,12 @@ class KRQueries:
 
     @torch.no_grad()
     def marginal(self, names: Sequence[str] | str, num_samples: int) -> dict[str, torch.Tensor]:
-        """Exact draws from the marginal of the sites that lead the KR order.
+        """Exact draws from the marginal of the sites that lead the KR order ``self.order``.
+
+        ``self.order`` is the order in use, known after setup: with ``AutoKR``'s default
+        ``order="auto"`` it is chosen from the model (``self.order_choice`` says how), so the
+        leading sites need not be the model's first ones; build the guide with ``order=[...]``
+        (or ``order="model"``) to fix which sites lead.
 
         Only the leading reference coordinates matter: the trailing ones are set to zero and,
         by triangularity, cannot change the leading outputs.
@@ -113,6 +118,9 @@ class KRQueries:
     @torch.no_grad()
     def conditional(self, fixed: dict[str, torch.Tensor | float]) -> ConditionalPosterior:
         """Condition the guide on values of its leading sites; ``.sample(n)`` draws the rest.
+
+        The leading sites are the first ones of ``self.order``, the KR order in use (see
+        :meth:`marginal`).
 
         Args:
             fixed: dict site name -> constrained value (site shape) for the leading sites.

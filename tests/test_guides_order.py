@@ -164,5 +164,6 @@ def test_structure_plates_puts_globals_first_after_auto():
     guide = pyro_kr.AutoKR(locals_first, structure="plates")
     guide(Y)
     assert guide.order == ["tau", "mu", "raw"]
+    assert guide.order_choice == "auto, then the global sites first (structure='plates')"
     assert guide.structure_plan is not None
 

@@ -160,6 +160,7 @@ class AutoKR(KRQueries, PackedKRGuide):
         if needs_globals_first(plan) and not self._order_given:
             self._order = globals_first(self.prototype_trace, list(self.order))
             self._apply_order()
+            self.order_choice += ", then the global sites first (structure='plates')"
             plan = plate_plan(self.prototype_trace, self._unconstrained_shapes, list(self.order))
         return usable_plan(plan, init_scale=self._init_scale, owner=type(self).__name__)
 

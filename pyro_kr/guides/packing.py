@@ -53,7 +53,8 @@ class PackedKRGuide(AutoContinuous):
         init_loc_fn: per-site initialization (Pyro's ``init_to_*`` strategies).
 
     After setup, ``order`` holds the KR order in use and ``order_choice`` how it was chosen:
-    ``"auto"``, ``"model"``, ``"given"``, or ``"model (order='auto' could not decide: ...)"``.
+    ``"auto"``, ``"model"``, ``"given"``, or ``"model (order='auto' could not decide: ...)"``
+    (``AutoKR(structure="plates")`` appends when it then moves the global sites first).
     """
 
     def __init__(

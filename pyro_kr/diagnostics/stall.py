@@ -229,9 +229,11 @@ class GaussianCheck:
             f"{self.elbo:.4g} +- {self.elbo_se:.2g} (k-hat {self.khat:.2f}) vs the Gaussian's "
             f"{self.gaussian_elbo:.4g} +- {self.gaussian_elbo_se:.2g} (k-hat "
             f"{self.gaussian_khat:.2f}); {self.num_samples} draws each. Fixes: start the map "
-            "at the Gaussian, AutoKR(init_scale='laplace'); train longer or with a decaying "
-            "learning rate (pyro.optim.ClippedAdam({'lr': 1e-2, 'lrd': ...})); or use the "
-            "Gaussian, AutoKR(map='affine', init_scale='laplace')."
+            "at the Gaussian, AutoKR(init_scale='laplace'); train longer with the annealed "
+            "objective, TransportELBO(Annealing.over(steps)), after whose ramp fit decays the "
+            "learning rate by default (with another loss, pass a decaying optimizer such as "
+            "pyro.optim.ClippedAdam({'lr': 1e-2, 'lrd': ...})); or use the Gaussian, "
+            "AutoKR(map='affine', init_scale='laplace')."
         )
 
 

@@ -66,6 +66,15 @@ def _decay_after_ramp(steps: int, ramp: int, final: float = 0.01):
     return optim, lambda step, record: optim.step()
 
 
+def _result(problem, guide, history, *, y, steps, num_draws):
+    """Draws from the fitted ``guide`` and the fit's timings, as a ``MethodResult``."""
+    draws = methods.sample_guide(guide, problem.param_names, num_draws,
+                                 problem.param_shapes, y=y)
+    return methods.MethodResult(draws=draws, wall_time_s=history.seconds,
+                                seconds_per_step=history.seconds / steps,
+                                loss=list(history.loss), guide=guide)
+
+
 def _autokr_variant(beta=1.0, decay: bool = False):
     """``AutoKR(model, order="model")`` (the order these variants were measured with, before
     ``order="auto"`` became the default) with ``Annealing.over(steps, beta=beta)`` and, with
@@ -88,11 +97,7 @@ def _autokr_variant(beta=1.0, decay: bool = False):
                 options = {"optim": optim, "callback": callback}
             history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
                                   progress=progress, **options)
-            draws = methods.sample_guide(guide, problem.param_names, num_draws,
-                                         problem.param_shapes, y=y)
-        return methods.MethodResult(draws=draws, wall_time_s=history.seconds,
-                                    seconds_per_step=history.seconds / steps,
-                                    loss=list(history.loss), guide=guide)
+            return _result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
 
     return fit
 
@@ -110,11 +115,7 @@ def _default_recipe_variant(**guide_options):
                                          vectorize_particles=particles > 1)
             history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
                                   lr=methods.LR, progress=progress)
-            draws = methods.sample_guide(guide, problem.param_names, num_draws,
-                                         problem.param_shapes, y=y)
-        return methods.MethodResult(draws=draws, wall_time_s=history.seconds,
-                                    seconds_per_step=history.seconds / steps,
-                                    loss=list(history.loss), guide=guide)
+            return _result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
 
     return fit
 

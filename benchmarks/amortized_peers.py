@@ -191,6 +191,7 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
              "model_evaluations": history.model_evaluations,
              "forward_steps": history.forward_steps,
              "lr_cuts": getattr(history, "lr_cuts", None),
+             "patience_checks": getattr(history, "patience_checks", None),
              "forward_defaults": bool(args.forward_defaults and mode != "reverse")}
     if mode != "reverse":
         facts.update(split(budget, args.validation_fraction), stopped_early=history.stopped_early,

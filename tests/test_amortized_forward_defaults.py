@@ -50,7 +50,7 @@ def test_plateau_cuts_the_learning_rate_of_a_given_optimizer():
     optim = pyro.optim.Adam({"lr": 0.05})  # too large: the validation loss stalls quickly
     history = fit_amortized(linear_gaussian, guide, mode="forward", steps=300, optim=optim,
                             num_simulations=400, batch_size=32, validate_every=5, patience=8,
-                            progress=False)
+                            min_patience_steps=0, progress=False)
     assert history.lr_cuts and set(history.lr_cuts) <= set(history.val_step)
     lrs = {g["lr"] for opt in optim.optim_objs.values() for g in opt.param_groups}
     assert lrs == {0.05 * 0.5 ** len(history.lr_cuts)}
@@ -59,7 +59,7 @@ def test_plateau_cuts_the_learning_rate_of_a_given_optimizer():
     optim = pyro.optim.Adam({"lr": 0.05})
     history = fit_amortized(linear_gaussian, guide, mode="forward", steps=300, optim=optim,
                             num_simulations=400, batch_size=32, validate_every=5, patience=8,
-                            plateau_factor=None, progress=False)
+                            min_patience_steps=0, plateau_factor=None, progress=False)
     assert history.lr_cuts == []
     assert {g["lr"] for opt in optim.optim_objs.values() for g in opt.param_groups} == {0.05}
 
@@ -113,3 +113,50 @@ def test_ema_and_weight_decay_arguments_are_checked():
     with pytest.raises(ValueError, match="belong to the forward phase"):
         fit_amortized(linear_gaussian, guide, mode="reverse", steps=2, ema_decay=0.9,
                       progress=False)
+
+
+def _replay(history, every: int, cut_after: int) -> tuple[list[int], int]:
+    """The lr cuts and the stopping step that the smoothed-validation rule implies."""
+    smooth, best, bad, since, cuts = None, math.inf, 0, 0, []
+    for step, value in zip(history.val_step, history.val_loss, strict=True):
+        smooth = value if smooth is None else 0.3 * value + 0.7 * smooth
+        if smooth < best:
+            best, bad, since = smooth, 0, 0
+            continue
+        bad, since = bad + 1, since + 1
+        if since >= cut_after:
+            cuts.append(step)
+            since = 0
+        if bad >= history.patience_checks:
+            return cuts, step
+    return cuts, -1
+
+
+def test_small_bank_patience_covers_min_patience_steps():
+    # 1,000 pairs, 10 % validation, batch 256: a check every ceil(900 / 256) = 4 steps, so the
+    # default floor of 400 steps raises patience 20 to 100 checks (lr cut after 25 checks)
+    bank = _bank(1_000, seed=4)
+    runs = {}
+    for floor in (400, 0):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AmortizedKR(linear_gaussian, observed="y", map="affine", hidden_dims=())
+        kwargs = {} if floor == 400 else {"min_patience_steps": 0}
+        runs[floor] = fit_amortized(linear_gaussian, guide, mode="forward", simulations=bank,
+                                    batch_size=256, lr=0.05, seed=1, progress=False, **kwargs)
+    assert runs[400].val_step[0] == runs[0].val_step[0] == 4
+    assert runs[400].patience_checks == 100 and runs[0].patience_checks == 20
+    for h, cut_after in ((runs[400], 25), (runs[0], 5)):
+        assert h.stopped_early and h.lr_cuts  # a large lr: it plateaus, is cut and stops
+        # the cuts and the stop follow the patience in checks: cut after p // 4 checks without
+        # improvement of the smoothed loss, stop after p (here 400 steps with the floor)
+        cuts, stop = _replay(h, every=4, cut_after=cut_after)
+        assert h.lr_cuts == cuts and h.steps == stop
+
+
+def test_min_patience_steps_is_checked():
+    guide = AmortizedKR(linear_gaussian, observed="y", map="affine")
+    for bad in (-1, 2.5, True, "400"):
+        with pytest.raises(ValueError, match="min_patience_steps must be an int >= 0"):
+            fit_amortized(linear_gaussian, guide, mode="forward", num_simulations=20,
+                          min_patience_steps=bad, progress=False)

@@ -50,6 +50,7 @@ _REVERSE_STEPS = 1000  # default ``steps`` of mode="reverse" (and the hybrid's r
 _FORWARD_LR = 2e-3  # default Adam learning rate of the forward phase
 _MAX_EPOCHS = 500  # default cap of the forward phase, in passes over the training split
 _VAL_SMOOTHING = 0.3  # weight of the newest check in the smoothed validation loss
+_MIN_PATIENCE_STEPS = 400  # default floor of the forward patience, in optimizer steps
 
 
 @dataclass
@@ -60,7 +61,9 @@ class AmortizedHistory(History):
     ``cost / lam`` summed over the batch, for ``"forward"`` the mean negative log density of
     the batch. ``val_step``/``val_loss`` hold the validation checks (forward mode), ``best_step``
     the step whose parameters were kept, ``stopped_early`` whether patience ran out.
-    ``lr_cuts`` holds the steps at which the forward phase cut its learning rate on a plateau.
+    ``lr_cuts`` holds the steps at which the forward phase cut its learning rate on a plateau,
+    ``patience_checks`` the patience it used, in checks (``patience`` raised to cover
+    ``min_patience_steps``).
     ``simulations`` counts the prior-predictive draws ``(u, y)`` used for training and
     ``model_evaluations`` the evaluations of the model's log density ``log p(u, y)`` (one per
     dataset and particle per reverse step; none in forward mode). For ``"hybrid"``,
@@ -76,6 +79,7 @@ class AmortizedHistory(History):
     model_evaluations: int = 0
     forward_steps: int | None = None
     lr_cuts: list[int] = field(default_factory=list)
+    patience_checks: int | None = None
 
 
 class _ReversePair:
@@ -190,6 +194,7 @@ def fit_amortized(
     validation_fraction: float = 0.1,
     validate_every: int | None = None,
     patience: int = 20,
+    min_patience_steps: int = _MIN_PATIENCE_STEPS,
     plateau_factor: float | None = 0.5,
     ema_decay: float | None = None,
     weight_decay: float = 0.0,
@@ -244,11 +249,19 @@ def fit_amortized(
             steps), so that checks cost at most about a quarter of the training.
         patience: forward mode stops after this many checks without improvement of the
             smoothed validation loss (an exponential moving average with weight 0.3 on the
-            newest check) and keeps the parameters of the best single check.
+            newest check) and keeps the parameters of the best single check; raised to
+            cover ``min_patience_steps``.
+        min_patience_steps: floor of the patience in optimizer steps: the forward phase
+            waits ``max(patience, ceil(min_patience_steps / validate_every))`` checks
+            (``history.patience_checks``). With the default checks once per epoch, a small
+            bank checks every few steps (every 4 steps for 900 training pairs at batch 256),
+            and 20 checks would stop it after 80 steps without improvement; with 10,000 or
+            more pairs 20 checks already cover 400 steps and the floor changes nothing.
+            ``0`` disables the floor (patience counted in checks only).
         plateau_factor: forward mode multiplies the learning rate (of any optimizer) by this
-            after ``max(1, patience // 4)`` checks without improvement of the smoothed
-            validation loss, and again after as many more (``history.lr_cuts``); ``None``
-            keeps the optimizer's own schedule.
+            after ``max(1, p // 4)`` checks without improvement of the smoothed validation
+            loss, ``p`` the patience in checks after ``min_patience_steps``, and again after
+            as many more (``history.lr_cuts``); ``None`` keeps the optimizer's own schedule.
         ema_decay: forward phase: keep an exponential moving average of the parameters with
             this decay per step (e.g. 0.999; ``None``: none). The validation checks score the
             averaged parameters, and the best averaged parameters are kept: still one map,
@@ -345,6 +358,10 @@ def fit_amortized(
         steps = _REVERSE_STEPS
     if steps is not None:
         check_dim("steps", steps)
+    if (isinstance(min_patience_steps, bool) or not isinstance(min_patience_steps, int)
+            or min_patience_steps < 0):
+        raise ValueError(f"min_patience_steps must be an int >= 0 (optimizer steps; 0: no "
+                         f"floor on the patience), got {min_patience_steps!r}")
     if plateau_factor is not None and not 0 < plateau_factor < 1:
         raise ValueError(f"plateau_factor must lie in (0, 1) or be None, got {plateau_factor}")
     if ema_decay is not None and (isinstance(ema_decay, bool)
@@ -373,7 +390,8 @@ def fit_amortized(
     forward = _fit_forward(
         model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
         simulations=simulations, validation_fraction=validation_fraction,
-        validate_every=validate_every, patience=patience, plateau_factor=plateau_factor,
+        validate_every=validate_every, patience=patience,
+        min_patience_steps=min_patience_steps, plateau_factor=plateau_factor,
         ema_decay=ema_decay, weight_decay=weight_decay, seed=seed, callback=callback,
         common=common,
     )
@@ -402,6 +420,7 @@ def fit_amortized(
     out.simulations = forward.simulations + reverse.simulations
     out.model_evaluations = reverse.model_evaluations
     out.forward_steps, out.lr_cuts = forward.steps, forward.lr_cuts
+    out.patience_checks = forward.patience_checks
     return out
 
 
@@ -496,8 +515,9 @@ class _ParamAverage:
 
 
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
-                 validation_fraction, validate_every, patience, plateau_factor, ema_decay,
-                 weight_decay, seed, callback, common) -> AmortizedHistory:
+                 validation_fraction, validate_every, patience, min_patience_steps,
+                 plateau_factor, ema_decay, weight_decay, seed, callback,
+                 common) -> AmortizedHistory:
     bank = simulations if isinstance(simulations, SimulationBank) else None
     if bank is not None:  # pyro_kr.simulate's bank: in memory, or shards streamed from disk
         _check_bank(guide, bank, num_simulations)
@@ -542,6 +562,8 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     epoch = math.ceil((num_simulations - n_val) / batch_size)
     if validate_every is None:
         validate_every = max(epoch, math.ceil(4 * n_val / batch_size))
+    # the patience covers at least min_patience_steps optimizer steps (small banks check often)
+    patience = max(patience, math.ceil(min_patience_steps / validate_every))
     common = dict(common)
     if common["steps"] is None:
         common["steps"] = _MAX_EPOCHS * epoch
@@ -611,4 +633,5 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     out.val_step, out.val_loss = record.val_step, record.val_loss
     out.best_step, out.stopped_early = record.best_step, record.stopped_early
     out.lr_cuts = record.lr_cuts
+    out.patience_checks = patience
     return out

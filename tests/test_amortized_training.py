@@ -61,7 +61,7 @@ def test_forward_mode_validation_and_early_stopping():
     guide = AmortizedKR(linear_gaussian, observed="y", map="affine")
     history = fit_amortized(linear_gaussian, guide, mode="forward", steps=400, lr=0.05,
                             num_simulations=500, batch_size=64, validate_every=10, patience=2,
-                            progress=False)
+                            min_patience_steps=0, progress=False)  # patience: 2 checks only
     assert history.val_step and history.val_step[0] == 10
     assert len(history.val_loss) == len(history.val_step)
     assert history.best_step in history.val_step

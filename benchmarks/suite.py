@@ -46,6 +46,7 @@ import pyro_kr  # noqa: E402
 from pyro_kr import metrics  # noqa: E402
 from pyro_kr.bench import methods, problems, runner  # noqa: E402
 from pyro_kr.bench.problems.symmetric_modes import mode_shares  # noqa: E402
+from pyro_kr.objective.schedules import GeometricSchedule  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 STOCK = ("auto_normal", "auto_mvn", "auto_lowrank", "auto_iaf", "auto_spline")
@@ -120,6 +121,97 @@ def _default_recipe_variant(**guide_options):
     return fit
 
 
+def _recipe_variant(*, fraction: float = 0.7, beta=(1e-2, 1.0), beta_fraction: float | None = None,
+                    decay_to: float | None = None,
+                    ramp_lr: float = 1.0, affine_share: float = 0.0, laplace: str | None = None,
+                    **guide_options):
+    """A candidate change to the default recipe (issue 18, 18_modes screen), everything else
+    as ``autokr_monotone`` (``AutoKR(model)``, ``order="auto"``, 8 particles, Adam lr 1e-2):
+
+    - ``fraction``: the annealing ramp's share of the steps (``Annealing.over(fraction=)``);
+    - ``beta``: the likelihood-temperature ramp; ``beta_fraction``: its own share of the
+      steps (geometric), where ``(eps, lam)`` and the lr decay keep ``fraction``;
+    - ``decay_to``: the lr at the last step as a fraction of its start (``fit``'s decay after
+      the ramp is to 1 %); ``ramp_lr``: the lr at the end of the ramp (decayed geometrically
+      from 1 during the ramp; 1 = held, as ``fit`` does). Either one set writes the lr out as
+      a ``LambdaLR`` stepped by the callback; neither set uses ``fit``'s own decay;
+    - ``affine_share``: train only the affine part (the monotone layers frozen at their
+      near-identity start) for this share of the steps;
+    - ``laplace``: ``"scale"``: the affine part's scale from the Laplace fit, its location from
+      ``init_loc_fn`` (a pilot whose scale only is used); ``"full"``: ``init_scale="laplace"``.
+      A ``LaplaceError`` falls back to the plain start (recorded as a failure of the run if
+      not caught: it is caught and the fallback printed)."""
+
+    def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
+        from pyro_kr.guides.laplace import LaplaceError
+
+        with methods.float64():
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            guide = pyro_kr.AutoKR(problem.model, **guide_options)
+            if laplace is not None:
+                try:
+                    with torch.random.fork_rng(devices=[]), pyro.poutine.block():
+                        pilot = pyro_kr.AutoKR(problem.model, init_scale="laplace",
+                                               **guide_options)
+                        pilot(y=y)
+                    scale_tril = pilot.transform[-1].scale_tril.detach().clone()
+                    loc = pilot.transform[-1].loc.detach().clone()
+                    pyro.clear_param_store()  # the pilot's parameters share the guide's names
+                    with pyro.poutine.block():
+                        guide(y=y)  # set up (draws the init point from the run's RNG)
+                    affine = guide.transform[-1]
+                    affine.set_scale_tril(scale_tril)
+                    if laplace == "full":
+                        affine.set_loc(loc)
+                except LaplaceError as exc:
+                    print(f"laplace pilot failed ({exc}); plain start", flush=True)
+                pyro.clear_param_store()
+            beta_ramp = beta if beta_fraction is None else GeometricSchedule(
+                beta[0], beta[1], int(beta_fraction * steps))
+            schedule = pyro_kr.Annealing.over(steps, fraction=fraction, beta=beta_ramp)
+            loss = pyro_kr.TransportELBO(schedule, num_particles=particles,
+                                         vectorize_particles=particles > 1)
+            callbacks = []
+            options: dict = {"lr": methods.LR}
+            if decay_to is not None or ramp_lr != 1.0:
+                ramp, final = schedule.steps, 0.01 if decay_to is None else decay_to
+                during = ramp_lr ** (1 / ramp)
+                after = (final / ramp_lr) ** (1 / max(steps - ramp, 1))
+                optim = pyro.optim.LambdaLR({
+                    "optimizer": torch.optim.Adam, "optim_args": {"lr": methods.LR},
+                    "lr_lambda": lambda k: during ** k if k < ramp
+                    else ramp_lr * after ** (k - ramp),
+                })
+                options = {"optim": optim}
+                callbacks.append(lambda step, record: optim.step())
+            if affine_share > 0:
+                frozen_until = int(affine_share * steps)
+
+                def monotone_params():
+                    return [p for m in list(guide.transform)[:-1] for p in m.parameters()]
+
+                if guide.prototype_trace is None:
+                    with pyro.poutine.block():
+                        guide(y=y)
+                for p in monotone_params():
+                    p.requires_grad_(False)
+
+                def thaw(step, record):
+                    if step + 1 == frozen_until:
+                        for p in monotone_params():
+                            p.requires_grad_(True)
+
+                callbacks.append(thaw)
+            history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
+                                  progress=progress,
+                                  callback=lambda s, r: [c(s, r) for c in callbacks] and None,
+                                  **options)
+            return _result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
+
+    return fit
+
+
 VARIANTS = {
     # the default recipe before 2026-12-05: no tempering, constant lr (the rows of
     # ``autokr_monotone`` measured before the change were moved here)
@@ -141,6 +233,20 @@ VARIANTS = {
     "autokr_model_order": _default_recipe_variant(order="model"),
     "autokr_depth3": _default_recipe_variant(order="model", depth=3),
     "autokr_bumps16": _default_recipe_variant(order="model", num_bumps=16),
+    # candidate changes to the default recipe (18_modes screen; see _recipe_variant)
+    "cand_frac50": _recipe_variant(fraction=0.5),
+    "cand_frac85": _recipe_variant(fraction=0.85),
+    "cand_decay1e3": _recipe_variant(decay_to=1e-3),
+    "cand_beta1e3": _recipe_variant(beta=(1e-3, 1.0)),
+    "cand_ramplr30": _recipe_variant(ramp_lr=0.3),
+    "cand_affine30": _recipe_variant(affine_share=0.3),
+    "cand_laplace_scale": _recipe_variant(laplace="scale"),
+    "cand_laplace_full": _recipe_variant(laplace="full"),
+    "cand_frac85_lscale": _recipe_variant(fraction=0.85, laplace="scale"),
+    "cand_beta85": _recipe_variant(beta_fraction=0.85),
+    # the default recipe with AutoKR(init_scale="laplace_scale"): the library's spelling of
+    # cand_laplace_scale (setup inside the first step, so the RNG stream differs from it)
+    "autokr_laplace_scale": _default_recipe_variant(init_scale="laplace_scale"),
 }
 
 

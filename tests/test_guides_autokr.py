@@ -285,7 +285,8 @@ def test_laplace_init_on_a_centered_funnel_is_a_clear_error(seed):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"init_scale": "hessian"}, "init_scale must be a positive number or 'laplace'"),
+        ({"init_scale": "hessian"},
+         "init_scale must be a positive number, 'laplace' or 'laplace_scale'"),
         ({"map": "spline"}, r"map must be one of \('monotone', 'affine'\), got 'spline'"),
         ({"init_scale": 0.0}, "init_scale must be > 0, got 0.0"),
         ({"map": "affine", "hidden_dims": [8]}, "map='affine' takes no map options"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
@@ -12,7 +13,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide.initialization import init_to_median
 
 from pyro_kr._validation import check_dim
-from pyro_kr.guides.laplace import laplace_init
+from pyro_kr.guides.laplace import LaplaceError, laplace_init, other_mode
 from pyro_kr.guides.packing import PackedKRGuide
 from pyro_kr.guides.queries import KRQueries
 from pyro_kr.guides.sparse import (
@@ -26,9 +27,27 @@ from pyro_kr.guides.structure import plate_plan
 from pyro_kr.traces import guide_plates
 from pyro_kr.transforms import MonotoneTriangular, TriangularAffine
 
-__all__ = ["AutoKR"]
+__all__ = ["AutoKR", "LAPLACE_SCALE_MAX_DIM", "LAPLACE_SCALE_STARTS", "PLAIN_INIT_SCALE"]
+
+logger = logging.getLogger(__name__)
 
 _MAPS = ("monotone", "affine")
+_NAMED_SCALES = ("laplace", "laplace_scale")
+
+PLAIN_INIT_SCALE = 0.1
+"""The numeric initial scale ``init_scale="laplace_scale"`` falls back to (and the default
+before ``"laplace_scale"`` existed)."""
+
+LAPLACE_SCALE_MAX_DIM = 200
+"""``init_scale="laplace_scale"`` runs the Laplace fit only up to this many packed latents (its
+Hessian costs one backward pass per latent); above it the plain scale is used and the reason
+logged. The same limit as ``fit``'s comparison with the Laplace Gaussian."""
+
+LAPLACE_SCALE_STARTS = 4
+"""``init_scale="laplace_scale"`` reruns the mode search from this many prior draws (fixed
+seed) and uses the Laplace scale only when every search ends at the first mode
+(:func:`pyro_kr.guides.laplace.other_mode`): a posterior with several modes keeps the plain
+scale."""
 
 
 class AutoKR(KRQueries, PackedKRGuide):
@@ -73,6 +92,17 @@ class AutoKR(KRQueries, PackedKRGuide):
             posteriors it saves thousands of steps. It needs a posterior with a strict mode
             (not a centered funnel) and a model without data subsampling, and raises
             :class:`~pyro_kr.guides.laplace.LaplaceError` otherwise.
+            ``"laplace_scale"``: the Laplace fit's scale only: ``scale_tril`` as with
+            ``"laplace"`` (the shape of the posterior at its mode) with ``loc`` left at
+            ``init_loc_fn``'s point, used only where the posterior shows one mode: the mode
+            search is rerun from :data:`LAPLACE_SCALE_STARTS` prior draws and must end at the
+            same mode (within one Laplace sd). Where there is no usable Laplace fit (a
+            ``LaplaceError``: no strict mode, data subsampling; several modes found; a model
+            the Hessian cannot be taken of; more than
+            :data:`LAPLACE_SCALE_MAX_DIM` latents; ``structure="plates"``'s sparse map) the
+            reason is logged (logger ``pyro_kr.guides.autokr``, WARNING; INFO for the size
+            limit) and :data:`PLAIN_INIT_SCALE` used; ``guide.init_scale_choice`` records
+            which (``"laplace_scale"``, or ``"0.1 (laplace_scale unusable: <reason>)"``).
         depth: number of monotone layers for ``map="monotone"``.
         structure: ``"dense"`` (default): one triangular map over all latents.
             ``"plates"``: the sparse map of a hierarchical model read off its plates (globals
@@ -115,9 +145,10 @@ class AutoKR(KRQueries, PackedKRGuide):
         if map not in _MAPS:
             raise ValueError(f"map must be one of {_MAPS}, got {map!r}")
         if isinstance(init_scale, str):
-            if init_scale != "laplace":
+            if init_scale not in _NAMED_SCALES:
                 raise ValueError(
-                    f"init_scale must be a positive number or 'laplace', got {init_scale!r}"
+                    "init_scale must be a positive number, 'laplace' or 'laplace_scale', got "
+                    f"{init_scale!r}"
                 )
         elif not init_scale > 0:
             raise ValueError(f"init_scale must be > 0, got {init_scale}")
@@ -128,6 +159,8 @@ class AutoKR(KRQueries, PackedKRGuide):
             )
         self._map_kind = map
         self._init_scale = init_scale if isinstance(init_scale, str) else float(init_scale)
+        #: How the affine part's initial scale was chosen, after setup (see ``init_scale``).
+        self.init_scale_choice: str | None = None
         self._depth = depth
         self._map_options = map_options
         super().__init__(model, order=order, init_loc_fn=init_loc_fn)
@@ -139,19 +172,66 @@ class AutoKR(KRQueries, PackedKRGuide):
             if self._plate_plan is not None:
                 self.transform, shapes = build_sparse_map(
                     self.prototype_trace, self._unconstrained_shapes, self._plate_plan,
-                    init_scale=self._init_scale, map_kind=self._map_kind, depth=self._depth,
+                    init_scale=self._sparse_init_scale(), map_kind=self._map_kind,
+                    depth=self._depth,
                     map_options=self._map_options,
                 )
                 self._unconstrained_shapes = shapes
                 self.latent_dim = sum(math.prod(s) for s in shapes.values())
                 return
         loc = self._init_loc()
+        eye = torch.eye(self.latent_dim, dtype=loc.dtype, device=loc.device)
         if self._init_scale == "laplace":
             loc, scale_tril = laplace_init(self, loc.detach(), *args, **kwargs)
+            self.init_scale_choice = "laplace"
+        elif self._init_scale == "laplace_scale":
+            scale_tril = self._laplace_scale(loc, *args, **kwargs)
+            if scale_tril is None:
+                scale_tril = eye * PLAIN_INIT_SCALE
         else:
-            eye = torch.eye(self.latent_dim, dtype=loc.dtype, device=loc.device)
             scale_tril = eye * self._init_scale
+            self.init_scale_choice = str(self._init_scale)
         self.transform = self._build_map(loc, scale_tril)
+
+    def _laplace_scale(self, loc: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
+        """The Laplace fit's ``scale_tril`` for ``init_scale="laplace_scale"``, or ``None``
+        after logging why there is none (``init_scale_choice`` records it)."""
+        level, reason = logging.WARNING, None
+        if self.latent_dim > LAPLACE_SCALE_MAX_DIM:
+            level = logging.INFO
+            reason = (f"{self.latent_dim} latents, more than LAPLACE_SCALE_MAX_DIM = "
+                      f"{LAPLACE_SCALE_MAX_DIM}")
+        else:
+            devices = [loc.device.index or 0] if loc.device.type == "cuda" else []
+            try:
+                # the L-BFGS search draws nothing, but keep the caller's RNG untouched anyway
+                with torch.random.fork_rng(devices=devices):
+                    mode, scale_tril = laplace_init(self, loc.detach(), *args, **kwargs)
+                    reason = other_mode(self, mode, scale_tril, *args,
+                                        num_starts=LAPLACE_SCALE_STARTS, **kwargs)
+            except LaplaceError as exc:
+                reason = str(exc).splitlines()[0]
+            except Exception as exc:  # noqa: BLE001 - any failure: logged, the plain scale
+                reason = f"the Laplace fit failed ({type(exc).__name__}: {exc})".splitlines()[0]
+            if reason is None:
+                self.init_scale_choice = "laplace_scale"
+                return scale_tril
+        self.init_scale_choice = f"{PLAIN_INIT_SCALE} (laplace_scale unusable: {reason[:300]})"
+        logger.log(level, "AutoKR: init_scale=%s instead of the Laplace scale: %s",
+                   PLAIN_INIT_SCALE, reason)
+        return None
+
+    def _sparse_init_scale(self) -> float:
+        """The numeric scale of the sparse map (``"laplace_scale"`` needs a dense factor:
+        the plain scale, logged)."""
+        if self._init_scale != "laplace_scale":
+            self.init_scale_choice = str(self._init_scale)
+            return self._init_scale
+        reason = "structure='plates' builds a sparse map, and the Laplace scale is dense"
+        self.init_scale_choice = f"{PLAIN_INIT_SCALE} (laplace_scale unusable: {reason})"
+        logger.info("AutoKR: init_scale=%s instead of the Laplace scale: %s",
+                    PLAIN_INIT_SCALE, reason)
+        return PLAIN_INIT_SCALE
 
     def _choose_plate_plan(self):
         """The plate plan of the prototype (globals put first if no order was given), or

@@ -23,7 +23,10 @@ from pyro.distributions.transforms import biject_to
 
 from pyro_kr.transforms.affine import MIN_DIAGONAL
 
-__all__ = ["LaplaceError", "laplace_init", "packed_log_density"]
+__all__ = [
+    "LaplaceError", "find_mode", "laplace_init", "other_mode", "packed_log_density",
+    "prior_starts",
+]
 
 
 class LaplaceError(ValueError):
@@ -53,21 +56,21 @@ def packed_log_density(guide, z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return trace.log_prob_sum() + log_jacobian
 
 
-def laplace_init(
-    guide, loc: torch.Tensor, *args, max_iter: int = 200, **kwargs
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(mode, cholesky(H^-1))`` of the packed posterior, shapes ``(d,)`` and ``(d, d)``.
+def find_mode(guide, loc: torch.Tensor, *args, max_iter: int = 200, **kwargs) -> torch.Tensor:
+    """The posterior mode in the packed unconstrained space found by L-BFGS from ``loc``.
 
     Args:
         guide: a set-up packed KR guide (see :func:`packed_log_density`).
-        loc: starting point of the L-BFGS search, shape ``(d,)``.
+        loc: starting point of the search, shape ``(d,)``.
         *args, **kwargs: the model's arguments.
         max_iter: L-BFGS iterations (strong-Wolfe line search).
 
+    Returns:
+        The point the search ended at, shape ``(d,)``.
+
     Raises:
-        LaplaceError: the log density is not finite at the start or at the end of the search
-            (an improper or unbounded posterior, such as a centered funnel), or the Hessian at
-            the mode is not positive definite (not a strict local maximum).
+        LaplaceError: the log density is not finite at the start or at the end of the search,
+            or the model rejects a point of the search.
     """
     z = loc.detach().clone().requires_grad_(True)
 
@@ -111,6 +114,31 @@ def laplace_init(
                 f"non-finite point (log density {-value}); the posterior may have no mode (an "
                 "improper prior, or a centered hierarchical funnel). Pass a numeric init_scale"
             )
+    return mode
+
+
+def laplace_init(
+    guide, loc: torch.Tensor, *args, max_iter: int = 200, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(mode, cholesky(H^-1))`` of the packed posterior, shapes ``(d,)`` and ``(d, d)``.
+
+    Args:
+        guide: a set-up packed KR guide (see :func:`packed_log_density`).
+        loc: starting point of the L-BFGS search (:func:`find_mode`), shape ``(d,)``.
+        *args, **kwargs: the model's arguments.
+        max_iter: L-BFGS iterations (strong-Wolfe line search).
+
+    Raises:
+        LaplaceError: the log density is not finite at the start or at the end of the search
+            (an improper or unbounded posterior, such as a centered funnel), or the Hessian at
+            the mode is not positive definite (not a strict local maximum).
+    """
+    mode = find_mode(guide, loc, *args, max_iter=max_iter, **kwargs)
+
+    def negative_log_density(point: torch.Tensor) -> torch.Tensor:
+        return -packed_log_density(guide, point, *args, **kwargs)
+
+    with torch.enable_grad():
         hessian = torch.autograd.functional.hessian(negative_log_density, mode)
     hessian = 0.5 * (hessian + hessian.T)
     precision_tril, info = torch.linalg.cholesky_ex(hessian)
@@ -138,3 +166,72 @@ def laplace_init(
             "funnel, where the search runs into the neck). Pass a numeric init_scale"
         )
     return mode, scale_tril
+
+
+def prior_starts(guide, num: int, *args, seed: int = 0, **kwargs) -> torch.Tensor:
+    """``num`` packed unconstrained points drawn from the prior, shape ``(num, d)``.
+
+    The model runs ``num`` times with its observed sites observed (so the latents are joint
+    prior draws) inside :func:`torch.random.fork_rng` seeded with ``seed``: deterministic, and
+    the caller's random stream is left as it was.
+    """
+    shapes, slices = guide.unconstrained_shapes, guide.site_slices()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    points = []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+        torch.manual_seed(seed)
+        for _ in range(num):
+            trace = poutine.trace(guide.model).get_trace(*args, **kwargs)
+            parts = []
+            for name in slices:
+                site = trace.nodes[name]
+                u = biject_to(site["fn"].support).inv(site["value"])
+                parts.append(u.reshape(-1))
+            points.append(torch.cat(parts).reshape(-1))
+    out = torch.stack(points)
+    if out.shape[-1] != sum(math.prod(s) for s in shapes.values()):
+        raise LaplaceError(
+            f"a prior draw packs to {out.shape[-1]} values, the guide to "
+            f"{sum(math.prod(s) for s in shapes.values())}: the model's latent sites change "
+            "from run to run"
+        )
+    return out
+
+
+def other_mode(
+    guide, mode: torch.Tensor, scale_tril: torch.Tensor, *args, num_starts: int = 4,
+    tol: float = 1.0, seed: int = 0, **kwargs
+) -> str | None:
+    """Look for a second mode: the reason it was found, or ``None`` where none was.
+
+    The mode search (:func:`find_mode`) is rerun from ``num_starts`` prior draws
+    (:func:`prior_starts`); a search that ends more than ``tol`` Laplace standard deviations
+    from ``mode`` (the distance ``|scale_tril^-1 (m - mode)|``), or fails, means the Laplace
+    Gaussian at ``mode`` need not describe the posterior (several modes, or a posterior the
+    search cannot settle), and the message says which start did what.
+
+    Args:
+        guide: a set-up packed KR guide (as :func:`packed_log_density`).
+        mode, scale_tril: the Laplace fit to check, shapes ``(d,)`` and ``(d, d)``.
+        num_starts: prior draws to start from.
+        tol: the distance, in Laplace standard deviations, within which two searches count
+            as the same mode.
+        seed: the seed of the prior draws.
+    """
+    starts = prior_starts(guide, num_starts, *args, seed=seed, **kwargs)
+    for k, start in enumerate(starts.to(mode)):
+        try:
+            found = find_mode(guide, start, *args, **kwargs)
+        except LaplaceError as exc:
+            return f"the mode search from prior draw {k} failed ({str(exc)[:160]})"
+        white = torch.linalg.solve_triangular(
+            scale_tril, (found - mode).unsqueeze(-1), upper=False
+        ).squeeze(-1)
+        distance = float(white.norm())
+        if not distance <= tol:
+            return (
+                f"the mode search from prior draw {k} ended {distance:.3g} Laplace sds from "
+                f"the first mode (tolerance {tol:g}): the posterior has several modes, or the "
+                "search does not settle"
+            )
+    return None

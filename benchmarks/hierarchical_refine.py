@@ -1,0 +1,211 @@
+"""Hierarchical benchmark: a mass-covering refinement of the sparse AutoKR (Renyi / IWAE).
+
+Same models, data, references and metrics as ``benchmarks/hierarchical.py`` (the centered
+normal hierarchy with its exact quadrature reference; the hierarchical logistic regression
+with its stored NUTS reference). One run trains ``--steps`` steps in all, ``--particles``
+vectorized particles per step, Adam ``--lr``:
+
+* ``--refine 0``: ``Trace_ELBO`` for every step (the table of docs/hierarchical.md);
+* ``--refine R --alpha A``: ``Trace_ELBO`` for ``steps - R`` steps, then ``R`` steps of Pyro's
+  ``RenyiELBO(alpha=A, num_particles=K)`` (``A = 0``: the importance-weighted bound of
+  Burda et al. 2016; ``0 < A < 1``: Renyi's bound of Li and Turner 2016, between it and the
+  ELBO); ``--alpha 1`` is the control, the same last ``R`` steps with ``Trace_ELBO``;
+  ``--rlr`` gives the last ``R`` steps a fresh Adam with that step size (default: continue
+  the same Adam at ``--lr``).
+* ``--guide dense_default / sparse_default / iaf_default``: the library's default recipe,
+  ``pyro_kr.fit`` with ``TransportELBO(Annealing.over(steps))`` (likelihood tempering, the
+  lr held through the ramp and decayed after it), ``order="auto"`` unless ``--kw`` sets
+  AutoKR's arguments; ``--guide iaf`` and
+  ``autonormal``: Pyro's autoguides in the ``Trace_ELBO`` loop above.
+
+Prints one JSON line per training seed (W2 of the globals, sd errors, mean of the scale's
+log and, on the normal model, its 1/10/50/90/99 % quantiles, mean local W2, PSIS k-hat on
+4,000 draws, CPU seconds per step, and with ``--elbo P`` four ``-ELBO`` estimates of ``P``
+particles); ``--output`` appends the rows to a JSON file.
+docs/hierarchical.md ("A mass-covering refinement") lists the runs, e.g.
+
+    OMP_NUM_THREADS=1 python benchmarks/hierarchical_refine.py normal 1000 --seeds 0 1 2 \
+        --refine 200 --rlr 1e-3 --alpha 0.5
+    OMP_NUM_THREADS=1 python benchmarks/hierarchical_refine.py logistic 0 --refine 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import RenyiELBO, Trace_ELBO
+from pyro.infer.autoguide import AutoIAFNormal, AutoNormal
+
+sys.path.insert(0, str(Path(__file__).parent))
+import hierarchical as H  # noqa: E402
+
+import pyro_kr  # noqa: E402
+from pyro_kr.diagnostics import psis  # noqa: E402
+
+DEFAULT_RECIPE = ("dense_default", "sparse_default", "iaf_default")
+
+
+def negelbo(model, guide, args, particles: int, reps: int) -> list[float]:
+    """``reps`` estimates of ``-ELBO`` with ``particles`` vectorized particles each."""
+    el = Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
+    with torch.no_grad():
+        return [float(el.loss(model, guide, *args)) for _ in range(reps)]
+
+
+def make_guide(name: str, model):
+    if name == "sparse":
+        return pyro_kr.AutoKR(model, structure="plates", order=H.MEASURED_ORDER)
+    if name == "iaf":
+        return AutoIAFNormal(model)
+    if name == "autonormal":
+        return AutoNormal(model)
+    raise ValueError(f"guide must be sparse, iaf or autonormal here, got {name!r}")
+
+
+def train(a, model, args) -> tuple[object, dict]:
+    """Train one guide as ``a`` says; returns ``(guide, row fields)``."""
+    out: dict = {}
+    if a.guide in DEFAULT_RECIPE:
+        if a.guide == "iaf_default":
+            guide = AutoIAFNormal(model)
+        else:
+            kw = {"structure": "plates"} if a.guide == "sparse_default" else {}
+            guide = pyro_kr.AutoKR(model, **{**kw, **json.loads(a.kw)})
+        loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(a.steps), num_particles=a.particles,
+                                     max_plate_nesting=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pyro_kr.fit(model, guide, *args, loss=loss, steps=a.steps, progress=False,
+                        check=False)
+        out["steps_done"] = a.steps
+        return guide, out
+    guide = make_guide(a.guide, model)
+    optim = pyro.optim.Adam({"lr": a.lr})
+    base = Trace_ELBO(num_particles=a.particles, vectorize_particles=True, max_plate_nesting=1)
+    svi = pyro.infer.SVI(model, guide, optim, base)
+    done, loss = 0, None
+    for _ in range(a.steps - a.refine):
+        loss = svi.step(*args)
+        done += 1
+    if a.refine:
+        if a.alpha == 1:  # the control: the same last steps with Trace_ELBO
+            last = Trace_ELBO(num_particles=a.particles, vectorize_particles=True,
+                              max_plate_nesting=1)
+        else:
+            last = RenyiELBO(alpha=a.alpha, num_particles=a.particles, vectorize_particles=True,
+                             max_plate_nesting=1)
+        optim2 = optim if a.rlr is None else pyro.optim.Adam({"lr": a.rlr})
+        svi2 = pyro.infer.SVI(model, guide, optim2, last)
+        for _ in range(a.refine):
+            loss = svi2.step(*args)
+            done += 1
+            if not math.isfinite(loss):
+                out["failed"] = f"loss {loss} at step {done}"
+                break
+    out["final_loss"] = loss
+    out["steps_done"] = done
+    return guide, out
+
+
+def evaluate(a, seed, guide, model, args, data) -> dict:
+    """The metrics of benchmarks/hierarchical.py for one trained guide."""
+    row: dict = {}
+    if a.kind == "normal":
+        y, sigma = data
+        ref_g, ref_t = H.reference(y, sigma, 4000)
+        pyro.set_rng_seed(seed)
+        gd, t = H.draws_of(guide, y, sigma, 4000)
+        row["w2_globals"] = H.w2_2d(gd[:1000], ref_g[:1000])
+        row["sd_err_mu"] = float(abs(gd[:, 0].std() / ref_g[:, 0].std() - 1))
+        row["sd_err_log_tau"] = float(abs(gd[:, 1].std() / ref_g[:, 1].std() - 1))
+        row["sd_log_tau"] = float(gd[:, 1].std())
+        row["ref_sd_log_tau"] = float(ref_g[:, 1].std())
+        row["mean_log_tau"] = float(gd[:, 1].mean())
+        row["ref_mean_log_tau"] = float(ref_g[:, 1].mean())
+        row["mean_local_w2"] = float(H.w2_1d(t, ref_t).mean())
+        qs = [0.01, 0.1, 0.5, 0.9, 0.99]
+        row["q_log_tau"] = np.quantile(gd[:, 1], qs).round(3).tolist()
+        row["ref_q_log_tau"] = np.quantile(ref_g[:, 1], qs).round(3).tolist()
+    else:
+        ref_g, ref_l, _ = H.load_logistic_reference()
+        (rg, rl), _ = H.logistic_reference_sets(ref_g, ref_l)
+        gg, gl = H.logistic_guide_draws(guide, args, 4000, seed)
+        row["w2_globals"] = H.w2_2d(gg[:1000], rg[:1000])
+        for i, k in enumerate(H.LOGISTIC_GLOBALS):
+            row[f"sd_err_{k}"] = float(abs(gg[:, i].std() / rg[:, i].std() - 1))
+            row[f"mean_{k}"] = float(gg[:, i].mean())
+        row["mean_local_w2"] = float(H.w2_1d(gl[:1000], rl[:1000]).mean())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row["khat"] = float(psis(guide, model, *args, num_samples=4000).khat)
+    if a.elbo:
+        row["negelbo"] = negelbo(model, guide, args, a.elbo, 4)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=["normal", "logistic"])
+    p.add_argument("n", type=int, help="groups of the normal model (ignored for logistic)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--particles", type=int, default=4)
+    p.add_argument("--refine", type=int, default=0, help="last steps with RenyiELBO")
+    p.add_argument("--alpha", type=float, default=0.0, help="Renyi alpha (1: Trace_ELBO)")
+    p.add_argument("--rlr", type=float, default=None,
+                   help="Adam step size of the last --refine steps (default: --lr, same Adam)")
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--guide", default="sparse",
+                   choices=["sparse", "iaf", "autonormal", *DEFAULT_RECIPE])
+    p.add_argument("--elbo", type=int, default=0, help="particles of four -ELBO estimates")
+    p.add_argument("--kw", default="{}",
+                   help="JSON of AutoKR keyword arguments for the *_default guides, e.g. "
+                        "'{\"order\": \"model\"}'")
+    p.add_argument("--output", type=Path, default=None, help="append the rows to this JSON")
+    a = p.parse_args()
+    if not 0 <= a.refine < a.steps:
+        p.error(f"--refine must lie in [0, --steps), got {a.refine}")
+    torch.set_num_threads(1)
+    for seed in a.seeds:
+        row = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
+               if k not in ("seeds", "output")}
+        row["seed"] = seed
+        if a.kind == "normal":
+            y, sigma = H.make_data(a.n)
+            model, args, data = H.model, (y, sigma), (y, sigma)
+        else:
+            g, x, yy = H.logistic_data()
+            n = int(g.max()) + 1
+            model, data = H.logistic_model, None
+            args = (torch.as_tensor(g), torch.as_tensor(x, dtype=torch.float32),
+                    torch.as_tensor(yy, dtype=torch.float32), n)
+        pyro.clear_param_store()
+        torch.manual_seed(seed)
+        c0 = time.process_time()
+        guide, fields = train(a, model, args)
+        row.update(fields)
+        row["train_cpu_s"] = time.process_time() - c0
+        row["cpu_s_per_step"] = row["train_cpu_s"] / row["steps_done"]
+        if "failed" not in row:
+            e0 = time.process_time()
+            row.update(evaluate(a, seed, guide, model, args, data))
+            row["eval_cpu_s"] = time.process_time() - e0
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                          for k, v in row.items()}), flush=True)
+        if a.output is not None:
+            old = json.loads(a.output.read_text()) if a.output.exists() else {"rows": []}
+            old["rows"].append(row)
+            a.output.parent.mkdir(parents=True, exist_ok=True)
+            a.output.write_text(json.dumps(old, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -77,10 +77,10 @@ def _result(problem, guide, history, *, y, steps, num_draws):
 
 
 def _autokr_variant(beta=1.0, decay: bool = False):
-    """``AutoKR(model, order="model")`` (the order these variants were measured with, before
-    ``order="auto"`` became the default) with ``Annealing.over(steps, beta=beta)`` and, with
-    ``decay``, the lr
-    decay after the annealing ramp written out here (a ``LambdaLR`` stepped by the callback,
+    """``AutoKR(model, order="model", init_scale=0.1)`` (the order these variants were measured
+    with, before ``order="auto"`` became the default; the start spelled out) with
+    ``Annealing.over(steps, beta=beta)`` and, with ``decay``, the lr decay after the annealing
+    ramp written out here (a ``LambdaLR`` stepped by the callback,
     independent of ``fit(lr_decay=...)``); without it a constant lr (bench settings
     otherwise)."""
 
@@ -88,7 +88,7 @@ def _autokr_variant(beta=1.0, decay: bool = False):
         with methods.float64():
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
-            guide = pyro_kr.AutoKR(problem.model, order="model")
+            guide = pyro_kr.AutoKR(problem.model, order="model", init_scale=0.1)
             schedule = pyro_kr.Annealing.over(steps, beta=beta)
             loss = pyro_kr.TransportELBO(schedule, num_particles=particles,
                                          vectorize_particles=particles > 1)
@@ -105,7 +105,9 @@ def _autokr_variant(beta=1.0, decay: bool = False):
 
 def _default_recipe_variant(**guide_options):
     """The default recipe (``Annealing.over(steps)``, ``fit``'s defaults) with
-    ``AutoKR(model, **guide_options)``: another order or map at the same budget."""
+    ``AutoKR(model, init_scale=0.1, **guide_options)``: another order, map or start at the same
+    budget (``init_scale=0.1``, the default start, spelled out unless given)."""
+    guide_options = {"init_scale": 0.1, **guide_options}
 
     def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
         with methods.float64():
@@ -140,7 +142,11 @@ def _recipe_variant(*, fraction: float = 0.7, beta=(1e-2, 1.0), beta_fraction: f
     - ``laplace``: ``"scale"``: the affine part's scale from the Laplace fit, its location from
       ``init_loc_fn`` (a pilot whose scale only is used); ``"full"``: ``init_scale="laplace"``.
       A ``LaplaceError`` falls back to the plain start (recorded as a failure of the run if
-      not caught: it is caught and the fallback printed)."""
+      not caught: it is caught and the fallback printed).
+
+    ``AutoKR(model, init_scale=0.1, **guide_options)`` (the default start, spelled out) unless
+    ``guide_options`` says otherwise."""
+    guide_options = {"init_scale": 0.1, **guide_options}
 
     def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
         from pyro_kr.guides.laplace import LaplaceError
@@ -152,8 +158,8 @@ def _recipe_variant(*, fraction: float = 0.7, beta=(1e-2, 1.0), beta_fraction: f
             if laplace is not None:
                 try:
                     with torch.random.fork_rng(devices=[]), pyro.poutine.block():
-                        pilot = pyro_kr.AutoKR(problem.model, init_scale="laplace",
-                                               **guide_options)
+                        pilot = pyro_kr.AutoKR(problem.model, **{**guide_options,
+                                                                  "init_scale": "laplace"})
                         pilot(y=y)
                     scale_tril = pilot.transform[-1].scale_tril.detach().clone()
                     loc = pilot.transform[-1].loc.detach().clone()
@@ -227,8 +233,8 @@ VARIANTS = {
     "autokr_temper_decay": _autokr_variant(beta=(1e-2, 1.0), decay=True),
     # the default recipe with the KR order read off the model (AutoKR's default since
     # 2026-12-05, so ``autokr_monotone`` must reproduce it), with the model's order (the
-    # default before; the rows of ``autokr_monotone`` measured before were moved here), or
-    # with a deeper / wider map (model order, as measured)
+    # default before), or with a deeper / wider map (model order, as measured); all with
+    # init_scale=0.1, the start they were measured with
     "autokr_auto_order": _default_recipe_variant(order="auto"),
     "autokr_model_order": _default_recipe_variant(order="model"),
     "autokr_depth3": _default_recipe_variant(order="model", depth=3),
@@ -244,8 +250,8 @@ VARIANTS = {
     "cand_laplace_full": _recipe_variant(laplace="full"),
     "cand_frac85_lscale": _recipe_variant(fraction=0.85, laplace="scale"),
     "cand_beta85": _recipe_variant(beta_fraction=0.85),
-    # the default recipe with AutoKR(init_scale="laplace_scale"): the library's spelling of
-    # cand_laplace_scale (setup inside the first step, so the RNG stream differs from it)
+    "cand_beta85_lscale": _recipe_variant(beta_fraction=0.85, init_scale="laplace_scale"),
+    # the default recipe with AutoKR(init_scale="laplace_scale") (18_modes; not the default)
     "autokr_laplace_scale": _default_recipe_variant(init_scale="laplace_scale"),
 }
 

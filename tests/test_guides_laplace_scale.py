@@ -45,6 +45,9 @@ def test_a_numeric_scale_is_recorded_too():
     guide = AutoKR(linear_model, init_scale=0.2)
     guide(Y)
     assert guide.init_scale_choice == "0.2"
+    default = AutoKR(linear_model)  # the default start: 0.1 times the identity
+    default(Y)
+    assert default.init_scale_choice == "0.1"
 
 
 def _funnel():

@@ -35,8 +35,8 @@ _MAPS = ("monotone", "affine")
 _NAMED_SCALES = ("laplace", "laplace_scale")
 
 PLAIN_INIT_SCALE = 0.1
-"""The numeric initial scale ``init_scale="laplace_scale"`` falls back to (and the default
-before ``"laplace_scale"`` existed)."""
+"""The numeric initial scale ``init_scale="laplace_scale"`` falls back to (the default
+``init_scale``)."""
 
 LAPLACE_SCALE_MAX_DIM = 200
 """``init_scale="laplace_scale"`` runs the Laplace fit only up to this many packed latents (its
@@ -84,25 +84,29 @@ class AutoKR(KRQueries, PackedKRGuide):
             listed sites come first (in that order), unlisted ones follow in the model's
             order.
         init_loc_fn: per-site initialization (Pyro's ``init_to_*`` strategies).
-        init_scale: initial scale of the affine part, or ``"laplace"``: start the affine part
-            at the Laplace approximation in the packed unconstrained space (``loc`` at the
-            posterior mode found by L-BFGS from ``init_loc_fn``'s point, ``scale_tril`` the
-            Cholesky factor of the inverse Hessian there; see :mod:`pyro_kr.guides.laplace`).
-            For a Gaussian posterior that is already the KR map; for ill-conditioned
-            posteriors it saves thousands of steps. It needs a posterior with a strict mode
-            (not a centered funnel) and a model without data subsampling, and raises
-            :class:`~pyro_kr.guides.laplace.LaplaceError` otherwise.
-            ``"laplace_scale"``: the Laplace fit's scale only: ``scale_tril`` as with
-            ``"laplace"`` (the shape of the posterior at its mode) with ``loc`` left at
-            ``init_loc_fn``'s point, used only where the posterior shows one mode: the mode
-            search is rerun from :data:`LAPLACE_SCALE_STARTS` prior draws and must end at the
-            same mode (within one Laplace sd). Where there is no usable Laplace fit (a
-            ``LaplaceError``: no strict mode, data subsampling; several modes found; a model
-            the Hessian cannot be taken of; more than
-            :data:`LAPLACE_SCALE_MAX_DIM` latents; ``structure="plates"``'s sparse map) the
-            reason is logged (logger ``pyro_kr.guides.autokr``, WARNING; INFO for the size
-            limit) and :data:`PLAIN_INIT_SCALE` used; ``guide.init_scale_choice`` records
-            which (``"laplace_scale"``, or ``"0.1 (laplace_scale unusable: <reason>)"``).
+        init_scale: the affine part's initial scale: a number (default 0.1) times the
+            identity, or ``"laplace"``: start the affine part at the Laplace approximation in
+            the packed unconstrained space (``loc`` at the posterior mode found by L-BFGS from
+            ``init_loc_fn``'s point, ``scale_tril`` the Cholesky factor of the inverse Hessian
+            there; see :mod:`pyro_kr.guides.laplace`). For a Gaussian posterior that is already
+            the KR map; for ill-conditioned posteriors it saves thousands of steps. It needs a
+            posterior with a strict mode (not a centered funnel) and a model without data
+            subsampling, and raises :class:`~pyro_kr.guides.laplace.LaplaceError` otherwise;
+            it starts a multimodal posterior on one mode. ``"laplace_scale"``: the Laplace
+            fit's ``scale_tril`` only, with ``loc`` left at ``init_loc_fn``'s point, and only
+            where the posterior shows one mode: the mode search is rerun from
+            :data:`LAPLACE_SCALE_STARTS` prior draws (fixed seed; the caller's random stream is
+            untouched) and each must end within one Laplace sd of the first mode. Where there
+            is no usable Laplace fit (no strict mode, e.g. a funnel; several modes, or
+            searches that do not settle; data subsampling; a model the Hessian cannot be
+            taken of) the reason is logged (logger ``pyro_kr.guides.autokr``, WARNING; INFO
+            above :data:`LAPLACE_SCALE_MAX_DIM` latents and for ``structure="plates"``'s
+            sparse map) and :data:`PLAIN_INIT_SCALE` used; ``guide.init_scale_choice`` records
+            which (``"laplace_scale"``, or ``"0.1 (laplace_scale unusable: <reason>)"``). It
+            costs up to five mode searches and one ``d x d`` Hessian at the first guide call.
+            Measured with the default recipe (tempered ``Annealing.over(steps)``, ``fit``'s lr
+            decay after the ramp; docs/hard_posteriors.md); with an optimizer whose lr decays
+            during a tempering ramp it can end too wide (the docs give the numbers).
         depth: number of monotone layers for ``map="monotone"``.
         structure: ``"dense"`` (default): one triangular map over all latents.
             ``"plates"``: the sparse map of a hierarchical model read off its plates (globals

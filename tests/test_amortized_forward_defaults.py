@@ -154,6 +154,21 @@ def test_small_bank_patience_covers_min_patience_steps():
         assert h.lr_cuts == cuts and h.steps == stop
 
 
+@pytest.mark.filterwarnings("ignore:the guide misses part")  # 2 reverse steps only
+def test_hybrid_forward_phase_uses_the_patience_floor():
+    # 200 pairs, batch 32: 180 training pairs, a check every ceil(180 / 32) = 6 steps, so the
+    # floor of 400 steps is ceil(400 / 6) = 67 checks; min_patience_steps=0 leaves 20
+    bank = _bank(200, seed=6)
+    for floor, expected in ((None, 67), (0, 20), (30, 20)):
+        pyro.clear_param_store()
+        guide = AmortizedKR(linear_gaussian, observed="y", map="affine", hidden_dims=())
+        kwargs = {} if floor is None else {"min_patience_steps": floor}
+        history = fit_amortized(linear_gaussian, guide, mode="hybrid", simulations=bank,
+                                steps=12, reverse_steps=2, batch_size=32, progress=False,
+                                **kwargs)
+        assert history.val_step[0] == 6 and history.patience_checks == expected
+
+
 def test_min_patience_steps_is_checked():
     guide = AmortizedKR(linear_gaussian, observed="y", map="affine")
     for bad in (-1, 2.5, True, "400"):

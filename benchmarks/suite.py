@@ -76,7 +76,7 @@ def _result(problem, guide, history, *, y, steps, num_draws):
                                 loss=list(history.loss), guide=guide)
 
 
-def _autokr_variant(beta=1.0, decay: bool = False):
+def _autokr_variant(beta=1.0, decay: bool = False, init_scale=0.1):
     """``AutoKR(model, order="model", init_scale=0.1)`` (the order these variants were measured
     with, before ``order="auto"`` became the default; the start spelled out) with
     ``Annealing.over(steps, beta=beta)`` and, with ``decay``, the lr decay after the annealing
@@ -88,7 +88,7 @@ def _autokr_variant(beta=1.0, decay: bool = False):
         with methods.float64():
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
-            guide = pyro_kr.AutoKR(problem.model, order="model", init_scale=0.1)
+            guide = pyro_kr.AutoKR(problem.model, order="model", init_scale=init_scale)
             schedule = pyro_kr.Annealing.over(steps, beta=beta)
             loss = pyro_kr.TransportELBO(schedule, num_particles=particles,
                                          vectorize_particles=particles > 1)
@@ -115,6 +115,24 @@ def _default_recipe_variant(**guide_options):
             pyro.set_rng_seed(seed)
             guide = pyro_kr.AutoKR(problem.model, **guide_options)
             loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(steps), num_particles=particles,
+                                         vectorize_particles=particles > 1)
+            history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
+                                  lr=methods.LR, progress=progress)
+            return _result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
+
+    return fit
+
+
+def _plain_elbo_variant(init_scale=0.1):
+    """``AutoKR(model, init_scale=init_scale)`` trained as a drop-in for Pyro's autoguides:
+    the plain ELBO (``TransportELBO(None)``), Adam lr 1e-2 held constant."""
+
+    def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
+        with methods.float64():
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            guide = pyro_kr.AutoKR(problem.model, init_scale=init_scale)
+            loss = pyro_kr.TransportELBO(None, num_particles=particles,
                                          vectorize_particles=particles > 1)
             history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
                                   lr=methods.LR, progress=progress)
@@ -251,6 +269,12 @@ VARIANTS = {
     "cand_frac85_lscale": _recipe_variant(fraction=0.85, laplace="scale"),
     "cand_beta85": _recipe_variant(beta_fraction=0.85),
     "cand_beta85_lscale": _recipe_variant(beta_fraction=0.85, init_scale="laplace_scale"),
+    # the Laplace scale outside the default recipe: untempered with a constant lr (the old
+    # default recipe), and the plain ELBO with a constant lr (the drop-in use), each beside
+    # the plain start
+    "cand_untempered_lscale": _autokr_variant(init_scale="laplace_scale"),
+    "cand_plain_elbo": _plain_elbo_variant(),
+    "cand_plain_elbo_lscale": _plain_elbo_variant(init_scale="laplace_scale"),
     # the default recipe with AutoKR(init_scale="laplace_scale") (18_modes; not the default)
     "autokr_laplace_scale": _default_recipe_variant(init_scale="laplace_scale"),
 }

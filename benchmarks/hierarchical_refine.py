@@ -15,8 +15,11 @@ vectorized particles per step, Adam ``--lr``:
 * ``--guide dense_default / sparse_default / iaf_default``: the library's default recipe,
   ``pyro_kr.fit`` with ``TransportELBO(Annealing.over(steps))`` (likelihood tempering, the
   lr held through the ramp and decayed after it), ``order="auto"`` unless ``--kw`` sets
-  AutoKR's arguments; ``--guide iaf`` and
-  ``autonormal``: Pyro's autoguides in the ``Trace_ELBO`` loop above.
+  AutoKR's arguments; ``--guide iaf``, ``autonormal``, ``lowrank``
+  (``AutoLowRankMultivariateNormal``) and ``structured`` (``AutoStructured`` with the
+  global-local dependencies, as built in benchmarks/hierarchical.py): Pyro's autoguides in the
+  ``Trace_ELBO`` loop above. A step whose loss is not finite, or that raises Pyro's
+  NaN-parameter error, ends the run with ``failed`` in the row (no metrics).
 
 Prints one JSON line per training seed (W2 of the globals, sd errors, mean of the scale's
 log and, on the normal model, its 1/10/50/90/99 % quantiles, mean local W2, PSIS k-hat on
@@ -33,6 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
 import sys
 import time
 import warnings
@@ -67,7 +72,25 @@ def make_guide(name: str, model):
         return AutoIAFNormal(model)
     if name == "autonormal":
         return AutoNormal(model)
-    raise ValueError(f"guide must be sparse, iaf or autonormal here, got {name!r}")
+    if name in ("lowrank", "structured"):  # the builders of benchmarks/hierarchical.py
+        key = {"lowrank": "lowrank_mvn", "structured": "structured"}[name]
+        return H.make_logistic_guide(key) if model is H.logistic_model else H.make_guide(key)
+    raise ValueError(f"guide must be sparse, iaf, autonormal, lowrank or structured here, "
+                     f"got {name!r}")
+
+
+def _step(svi, args, done: int, out: dict):
+    """One SVI step; on a non-finite loss or Pyro's NaN-parameter error, records
+    ``out["failed"]`` (as benchmarks/hierarchical.py does) and returns ``None``."""
+    try:
+        loss = svi.step(*args)
+    except (ValueError, RuntimeError) as exc:
+        out["failed"] = f"step {done + 1}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return None
+    if not math.isfinite(loss):
+        out["failed"] = f"step {done + 1}: loss {loss}"
+        return None
+    return loss
 
 
 def train(a, model, args) -> tuple[object, dict]:
@@ -93,9 +116,11 @@ def train(a, model, args) -> tuple[object, dict]:
     svi = pyro.infer.SVI(model, guide, optim, base)
     done, loss = 0, None
     for _ in range(a.steps - a.refine):
-        loss = svi.step(*args)
+        loss = _step(svi, args, done, out)
+        if loss is None:
+            break
         done += 1
-    if a.refine:
+    if a.refine and "failed" not in out:
         if a.alpha == 1:  # the control: the same last steps with Trace_ELBO
             last = Trace_ELBO(num_particles=a.particles, vectorize_particles=True,
                               max_plate_nesting=1)
@@ -105,11 +130,10 @@ def train(a, model, args) -> tuple[object, dict]:
         optim2 = optim if a.rlr is None else pyro.optim.Adam({"lr": a.rlr})
         svi2 = pyro.infer.SVI(model, guide, optim2, last)
         for _ in range(a.refine):
-            loss = svi2.step(*args)
-            done += 1
-            if not math.isfinite(loss):
-                out["failed"] = f"loss {loss} at step {done}"
+            loss = _step(svi2, args, done, out)
+            if loss is None:
                 break
+            done += 1
     out["final_loss"] = loss
     out["steps_done"] = done
     return guide, out
@@ -164,7 +188,8 @@ def main() -> None:
                    help="Adam step size of the last --refine steps (default: --lr, same Adam)")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--guide", default="sparse",
-                   choices=["sparse", "iaf", "autonormal", *DEFAULT_RECIPE])
+                   choices=["sparse", "iaf", "autonormal", "lowrank", "structured",
+                            *DEFAULT_RECIPE])
     p.add_argument("--elbo", type=int, default=0, help="particles of four -ELBO estimates")
     p.add_argument("--kw", default="{}",
                    help="JSON of AutoKR keyword arguments for the *_default guides, e.g. "
@@ -178,6 +203,8 @@ def main() -> None:
         row = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
                if k not in ("seeds", "output")}
         row["seed"] = seed
+        row["command"] = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python "
+                          + shlex.join(sys.argv))
         if a.kind == "normal":
             y, sigma = H.make_data(a.n)
             model, args, data = H.model, (y, sigma), (y, sigma)
@@ -193,7 +220,7 @@ def main() -> None:
         guide, fields = train(a, model, args)
         row.update(fields)
         row["train_cpu_s"] = time.process_time() - c0
-        row["cpu_s_per_step"] = row["train_cpu_s"] / row["steps_done"]
+        row["cpu_s_per_step"] = row["train_cpu_s"] / max(row["steps_done"], 1)
         if "failed" not in row:
             e0 = time.process_time()
             row.update(evaluate(a, seed, guide, model, args, data))

@@ -107,32 +107,25 @@ def _default_recipe_variant(**guide_options):
     """The default recipe (``Annealing.over(steps)``, ``fit``'s defaults) with
     ``AutoKR(model, init_scale=0.1, **guide_options)``: another order, map or start at the same
     budget (``init_scale=0.1``, the default start, spelled out unless given)."""
-    guide_options = {"init_scale": 0.1, **guide_options}
+    return _fit_variant(pyro_kr.Annealing.over, {"init_scale": 0.1, **guide_options})
+
+
+def _plain_elbo_variant(init_scale=0.1):
+    """``AutoKR(model, init_scale=init_scale)`` trained as a drop-in for Pyro's autoguides:
+    the plain ELBO (``TransportELBO(None)``), Adam lr 1e-2 held constant."""
+    return _fit_variant(lambda steps: None, {"init_scale": init_scale})
+
+
+def _fit_variant(schedule, guide_options):
+    """``AutoKR(model, **guide_options)`` trained by ``fit`` with
+    ``TransportELBO(schedule(steps))`` at the suite's lr and particles."""
 
     def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
         with methods.float64():
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
             guide = pyro_kr.AutoKR(problem.model, **guide_options)
-            loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(steps), num_particles=particles,
-                                         vectorize_particles=particles > 1)
-            history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
-                                  lr=methods.LR, progress=progress)
-            return _result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
-
-    return fit
-
-
-def _plain_elbo_variant(init_scale=0.1):
-    """``AutoKR(model, init_scale=init_scale)`` trained as a drop-in for Pyro's autoguides:
-    the plain ELBO (``TransportELBO(None)``), Adam lr 1e-2 held constant."""
-
-    def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
-        with methods.float64():
-            pyro.clear_param_store()
-            pyro.set_rng_seed(seed)
-            guide = pyro_kr.AutoKR(problem.model, init_scale=init_scale)
-            loss = pyro_kr.TransportELBO(None, num_particles=particles,
+            loss = pyro_kr.TransportELBO(schedule(steps), num_particles=particles,
                                          vectorize_particles=particles > 1)
             history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
                                   lr=methods.LR, progress=progress)

@@ -18,14 +18,6 @@ from tests.test_guides_autokr import DT, Y, exact_posterior, linear_model
 INIT = {"a": torch.tensor(0.7, dtype=DT), "b": torch.tensor([-1.0, 2.0], dtype=DT)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("map_kind", ["affine", "monotone"])
 def test_the_scale_is_the_laplace_factor_and_the_location_the_init_point(map_kind):
     _, cov = exact_posterior()

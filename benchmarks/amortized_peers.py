@@ -406,9 +406,24 @@ def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, 
     return row, guide
 
 
+DEFAULT_VALIDATION_FRACTION = 0.1  # ``--validation-fraction``'s default (sbi's split too)
+
+
 def label(row: dict) -> str:
-    """The method's name; forward rows trained with fit_amortized's defaults are marked."""
-    return row["method"] + (" (defaults)" if row.get("forward_defaults") else "")
+    """The method's name; forward rows trained with fit_amortized's defaults are marked, and
+    so is a validation split other than the default 10% (e.g. the paper's 10k + 10k), so that
+    the table and the plot keep rows of the same budget and seed with different splits apart.
+
+    >>> label({"method": "forward", "forward_defaults": True, "budget": 20000,
+    ...        "validation_simulations": 10000})
+    'forward (defaults, 50% val.)'
+    """
+    marks = ["defaults"] if row.get("forward_defaults") else []
+    n_val, budget = row.get("validation_simulations"), row.get("budget")
+    if n_val is not None and budget and n_val != split(
+            budget, DEFAULT_VALIDATION_FRACTION)["validation_simulations"]:
+        marks.append(f"{100 * n_val / budget:.3g}% val.")
+    return row["method"] + (f" ({', '.join(marks)})" if marks else "")
 
 
 def print_table(result: dict) -> None:
@@ -447,7 +462,9 @@ def print_table(result: dict) -> None:
 def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
     """W2 against the simulation budget, log axes: mean over seeds, bars from min to max.
 
-    Where several rows share a method, budget and seed (a rerun), the last one is plotted."""
+    Where several rows share a label (the method with its defaults and split marks: see
+    ``label``), budget and seed (a rerun), the last one is plotted; a non-default validation
+    split gets its own series (square markers)."""
     try:
         import matplotlib
 
@@ -476,9 +493,10 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
             low = [m - min(points[b]) for m, b in zip(mean, xs, strict=True)]
             high = [max(points[b]) - m for m, b in zip(mean, xs, strict=True)]
             seeds = sorted({len(points[b]) for b in xs})
-            ax.errorbar([x * shift for x in xs], mean, yerr=[low, high], fmt="o-", capsize=3,
+            ax.errorbar([x * shift for x in xs], mean, yerr=[low, high],
+                        fmt=("s-" if "% val." in method else "o-"), capsize=3,
                         color=COLORS.get(method.split()[0]),
-                        mfc="white" if method.endswith("(defaults)") else None,
+                        mfc="white" if "(defaults" in method else None,
                         label=f"{method} ({'/'.join(map(str, seeds))} seeds)")
         for r in result["rows"]:
             if r["method"] == "reverse" and "error" not in r:
@@ -560,7 +578,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-reverse", type=int, default=128)
     parser.add_argument("--lr-forward", type=float, default=2e-3)
     parser.add_argument("--lr-reverse", type=float, default=1e-3)
-    parser.add_argument("--validation-fraction", type=float, default=0.1,
+    parser.add_argument("--validation-fraction", type=float,
+                        default=DEFAULT_VALIDATION_FRACTION,
                         help="our modes' validation share of the bank (0.5: the paper's "
                              "10k + 10k at --budgets 20000); sbi keeps its own default split")
     parser.add_argument("--sbc-datasets", type=int, default=0,

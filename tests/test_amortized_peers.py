@@ -71,3 +71,19 @@ def test_smoke_with_sbi_trains_npe_on_the_same_bank(tmp_path):
     assert rows["hybrid"]["model_evaluations"] == 3 * 32
     assert payload["skipped"] == {}
     assert (tmp_path / "plots" / "w2_vs_budget.png").exists()
+
+
+def test_rows_with_another_validation_split_are_labelled_apart():
+    # the paper's 10k + 10k and our default 90/10 split of the same 20,000 simulations: the
+    # table and the plot (one point per label, budget and seed) must not merge them
+    bench = _load()
+    row = {"method": "forward", "forward_defaults": True, "budget": 20_000, "seed": 0}
+    default = bench.label({**row, "validation_simulations": 2_000})
+    paper = bench.label({**row, "validation_simulations": 10_000})
+    assert default == "forward (defaults)"
+    assert paper == "forward (defaults, 50% val.)"
+    old = {"method": "hybrid", "budget": 20_000, "validation_simulations": 10_000}
+    assert bench.label(old) == "hybrid (50% val.)"
+    # rows without a split (sbi's own 10%, reverse without a bank) keep their plain name
+    assert bench.label({"method": "npe_nsf", "budget": 20_000}) == "npe_nsf"
+    assert bench.label({"method": "reverse", "budget": None}) == "reverse"

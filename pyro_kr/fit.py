@@ -51,12 +51,20 @@ class History(TrainingHistory):
             objective, else ``-ELBO``).
         elbo: the ELBO of every step.
         eps, lam: the schedule's values at every step (``nan`` / ``inf`` without one).
-        seconds: wall time of the training loop.
+        seconds: wall time of the training loop (of every restart together with
+            ``restarts > 1``).
+        restarts: with ``fit(..., restarts=K)``, one record per restart: ``restart`` (0-based),
+            ``elbo`` and ``elbo_se`` (the held-out ELBO estimate that chose), ``steps``,
+            ``seconds`` and, for a restart stopped by a NaN loss, ``error``; empty otherwise.
+            The per-step fields above are the chosen restart's.
+        chosen_restart: the index of the restart kept (``None`` without restarts).
     """
 
     elbo: list[float] = field(default_factory=list)
     eps: list[float] = field(default_factory=list)
     lam: list[float] = field(default_factory=list)
+    restarts: list[dict] = field(default_factory=list)
+    chosen_restart: int | None = None
 
     def append(self, record: dict[str, float]) -> None:
         """Record one step (``record`` has ``loss`` and optionally ``elbo``, ``eps``, ``lam``)."""
@@ -164,6 +172,38 @@ def _postfix(record: dict[str, float], value: float) -> dict[str, str]:
     return out
 
 
+def _check_restarts(restarts, restart_draws, optim, checkpoint) -> None:
+    """Refuse unusable ``restarts`` / ``restart_draws`` and what ``restarts > 1`` cannot do."""
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(
+            f"restarts must be a positive int, got {restarts!r}; 1 trains once (the default), "
+            "K > 1 trains K times and keeps the run with the best held-out ELBO"
+        )
+    if isinstance(restart_draws, bool) or not isinstance(restart_draws, int) or restart_draws < 2:
+        raise ValueError(
+            f"restart_draws must be an int >= 2 (draws of the held-out ELBO estimate), got "
+            f"{restart_draws!r}"
+        )
+    if restarts == 1:
+        return
+    if optim is not None:
+        raise ValueError(
+            f"restarts={restarts} builds a fresh Adam for every restart from lr; one optim= "
+            "object would carry its state from one restart into the next. Pass lr= (and "
+            "lr_decay=) instead, or call fit once per start yourself"
+        )
+    if checkpoint is not None:
+        raise ValueError(
+            f"restarts={restarts} cannot be checkpointed (a checkpoint resumes one run); pass "
+            "checkpoint=None, or call fit with a checkpoint once per start yourself"
+        )
+    if distributed.launched():
+        raise ValueError(
+            f"restarts={restarts} is not supported under torchrun (the ranks would have to "
+            "agree on the choice); launch a single process, or pass restarts=1"
+        )
+
+
 def _check_data(model: Callable, args: tuple, kwargs: dict) -> None:
     """Refuse observed data holding NaN/inf before training (one run of the model alone)."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
@@ -244,6 +284,8 @@ def fit(
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     check: bool = True,
     lr_decay: bool | None = None,
+    restarts: int = 1,
+    restart_draws: int = 1000,
     **kwargs,
 ) -> History:
     """Train ``guide`` on ``model`` with SVI and return the :class:`History`.
@@ -266,6 +308,20 @@ def fit(
             ``lr``, as Pyro's Adam (``fit``'s default before 2026-12-05). ``True``: require
             the decay (an error without a schedule, with a ramp that leaves nothing to decay,
             or with ``optim``).
+        restarts: train this many times from the same start (each run ``steps`` steps with a
+            fresh Adam, the schedule rewound and its own random stream) and keep the run with
+            the best held-out ELBO (``restart_draws`` guide draws with one fixed seed;
+            :mod:`pyro_kr.restarts`): a run that lost modes of a multimodal posterior ends
+            with a lower ELBO. Costs ``restarts`` times the steps. The choice and every ELBO
+            are logged (logger ``pyro_kr.restarts``, INFO) and recorded in
+            ``History.restarts`` / ``History.chosen_restart``; the chosen run's parameters are
+            put back in the param store exactly. ``1`` (the default): one run, as before.
+            With ``restarts > 1``: ``optim=`` and ``checkpoint=`` are refused (each restart
+            builds its own Adam from ``lr``; a checkpoint resumes one run), as is a
+            ``torchrun`` launch; ``callback`` runs in every restart (``step`` counts from 0 in
+            each; returning ``True`` ends that restart); a restart stopped by a NaN loss is
+            logged and left out.
+        restart_draws: number of guide draws of the held-out ELBO estimate (``>= 2``).
         progress: show a progress bar with loss, ELBO, eps, lambda and steps/s (a tqdm bar on
             a terminal or in a notebook; when stderr is not a terminal, e.g. logs or CI, one
             plain line every 10% of the steps).
@@ -287,8 +343,9 @@ def fit(
         NonFiniteLossError: the loss became NaN/inf at a named step; parameters are restored
             to their values before that step.
         ValueError: ``steps < 1``, a loss with ``num_particles < 1``, observed data holding
-            NaN/inf, a checkpoint path that cannot be written, or a checkpoint past ``steps``;
-            all raised before the first step.
+            NaN/inf, a checkpoint path that cannot be written, a checkpoint past ``steps``, or
+            ``restarts`` / ``restart_draws`` that are not usable (see above); all raised
+            before the first step.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -313,7 +370,16 @@ def fit(
             f"the loss has num_particles={particles!r}; it must be an int >= 1 "
             "(with 0 particles the loss is 0 and nothing is trained)"
         )
+    _check_restarts(restarts, restart_draws, optim, checkpoint)
     _check_data(model, args, kwargs)
+    if restarts > 1:
+        _decay_plan(lr_decay, optim, getattr(loss, "schedule", None), steps)  # its errors first
+        _resolve_optim(lr, optim)
+        from pyro_kr.restarts import fit_restarts  # lazy: it calls fit once per restart
+
+        return fit_restarts(model, guide, args, kwargs, restarts=restarts,
+                            num_draws=restart_draws, loss=loss, steps=steps, lr=lr,
+                            lr_decay=lr_decay, progress=progress, callback=callback, check=check)
     if checkpoint is not None:
         check_writable(checkpoint)
     schedule = getattr(loss, "schedule", None)

@@ -33,7 +33,7 @@ import pyro_kr  # noqa: E402
 from pyro_kr import metrics  # noqa: E402
 from pyro_kr.bench import methods, problems, runner  # noqa: E402
 from pyro_kr.bench.problems.symmetric_modes import mode_shares  # noqa: E402
-from pyro_kr.diagnostics._draws import draw_guide  # noqa: E402
+from pyro_kr.diagnostics import draw_guide  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "restarts.json"
 EVAL_SEED = 20261205

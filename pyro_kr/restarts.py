@@ -35,7 +35,7 @@ import torch
 
 from pyro_kr._batching import quiet_plate_guess
 from pyro_kr.checkpoint import restore_params, snapshot_params
-from pyro_kr.diagnostics._draws import draw_guide
+from pyro_kr.diagnostics import draw_guide
 
 __all__ = ["ELBO_SEED", "heldout_elbo", "fit_restarts"]
 

@@ -473,7 +473,7 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
     except ImportError:
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.0))
     titles = {"raw": "W2, raw u", "scaled_log": "W2, log u / prior sd"}
     for ax, key in zip(axes, ("raw", "scaled_log"), strict=True):
         by_seed: dict[str, dict[int, dict[int, float]]] = {}
@@ -511,9 +511,11 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
         ax.set(xscale="log", yscale="log", xlabel="simulations (train + validation; bars: "
                "min-max over seeds)",
                ylabel="W2", title=titles[key])
-        ax.legend(fontsize=7)
     path = out_dir / "w2_vs_budget.png"
-    fig.tight_layout()
+    # one legend below both panels (the left one has every series): none covers the points
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=120)
     if figure is not None:
         Path(figure).parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,11 @@ trains ``K`` times from the same start and keeps the run with the best held-out 
 guide draws with one fixed seed), at ``K`` times the cost.
 
 It prints, for one fit and for ``K`` restarts: every run's held-out ELBO, the mode shares of
-the guide kept (each should be near 0.25) and the largest share error.
+the guide kept (each should be near 0.25) and the largest share error. With the defaults
+(seed 0, 2000 steps, 4 restarts; 54 CPU-s on one thread) the single fit loses a pair (share
+error 0.251); the four runs end at ELBO -5.99, -5.98, -5.28 and -5.78, and the third, kept,
+holds every mode (share error 0.052), as the suite's ``autokr_restarts4`` row for seed 0.
+docs/hard_posteriors.md has the 10-seed numbers.
 
 Run: python examples/restarts_symmetric_modes.py [--smoke] [--steps N] [--restarts K] [--seed S]
 """

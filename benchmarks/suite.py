@@ -315,6 +315,7 @@ VARIANTS = {
     # the cost), or K runs of steps // K (the default's total steps and particles)
     "autokr_restarts4": _restarts_variant(4, equal_cost=False),
     "autokr_restarts3": _restarts_variant(3, equal_cost=False),
+    "autokr_restarts8": _restarts_variant(8, equal_cost=False),
     "autokr_restarts2_equal": _restarts_variant(2, equal_cost=True),
     "autokr_restarts4_equal": _restarts_variant(4, equal_cost=True),
 }

@@ -122,10 +122,11 @@ def fit_restarts(
                           lr_decay=lr_decay, progress=progress, callback=callback, check=False,
                           **kwargs)
         except NonFiniteLossError as exc:
-            seconds += time.perf_counter() - began
+            spent = time.perf_counter() - began
+            seconds += spent
             error = exc
             records.append({"restart": k, "elbo": -math.inf, "elbo_se": math.nan,
-                            "steps": math.nan, "seconds": time.perf_counter() - began,
+                            "steps": math.nan, "seconds": spent,
                             "error": str(exc)})
             logger.warning("fit: restart %d of %d failed and is left out: %s", k + 1,
                            restarts, exc)

@@ -192,6 +192,7 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
              "forward_steps": history.forward_steps,
              "lr_cuts": getattr(history, "lr_cuts", None),
              "patience_checks": getattr(history, "patience_checks", None),
+             "stop_after_cuts": getattr(history, "stop_after_cuts", None),
              "forward_defaults": bool(args.forward_defaults and mode != "reverse")}
     if mode != "reverse":
         facts.update(split(budget, args.validation_fraction), stopped_early=history.stopped_early,

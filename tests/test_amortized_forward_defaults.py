@@ -115,10 +115,15 @@ def test_ema_and_weight_decay_arguments_are_checked():
                       progress=False)
 
 
-def _replay(history, every: int, cut_after: int) -> tuple[list[int], int]:
-    """The lr cuts and the stopping step that the smoothed-validation rule implies."""
+def _replay(history, every: int, cut_after: int,
+            stop_after_cuts: int | None = 3) -> tuple[list[int], int]:
+    """The lr cuts and the stopping step that the smoothed-validation rule implies, plus the
+    stop after ``stop_after_cuts`` cuts since the best single check."""
     smooth, best, bad, since, cuts = None, math.inf, 0, 0, []
+    raw_best, cuts_since_best = math.inf, 0
     for step, value in zip(history.val_step, history.val_loss, strict=True):
+        if value < raw_best:
+            raw_best, cuts_since_best = value, 0
         smooth = value if smooth is None else 0.3 * value + 0.7 * smooth
         if smooth < best:
             best, bad, since = smooth, 0, 0
@@ -126,7 +131,9 @@ def _replay(history, every: int, cut_after: int) -> tuple[list[int], int]:
         bad, since = bad + 1, since + 1
         if since >= cut_after:
             cuts.append(step)
-            since = 0
+            since, cuts_since_best = 0, cuts_since_best + 1
+        if stop_after_cuts is not None and cuts_since_best >= stop_after_cuts:
+            return cuts, step
         if bad >= history.patience_checks:
             return cuts, step
     return cuts, -1
@@ -141,7 +148,8 @@ def test_small_bank_patience_covers_min_patience_steps():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AmortizedKR(linear_gaussian, observed="y", map="affine", hidden_dims=())
-        kwargs = {} if floor == 400 else {"min_patience_steps": 0}
+        kwargs = {"stop_after_cuts": None} if floor == 400 else {"min_patience_steps": 0,
+                                                                 "stop_after_cuts": None}
         runs[floor] = fit_amortized(linear_gaussian, guide, mode="forward", simulations=bank,
                                     batch_size=256, lr=0.05, seed=1, progress=False, **kwargs)
     assert runs[400].val_step[0] == runs[0].val_step[0] == 4
@@ -150,7 +158,7 @@ def test_small_bank_patience_covers_min_patience_steps():
         assert h.stopped_early and h.lr_cuts  # a large lr: it plateaus, is cut and stops
         # the cuts and the stop follow the patience in checks: cut after p // 4 checks without
         # improvement of the smoothed loss, stop after p (here 400 steps with the floor)
-        cuts, stop = _replay(h, every=4, cut_after=cut_after)
+        cuts, stop = _replay(h, every=4, cut_after=cut_after, stop_after_cuts=None)
         assert h.lr_cuts == cuts and h.steps == stop
 
 
@@ -175,3 +183,63 @@ def test_min_patience_steps_is_checked():
         with pytest.raises(ValueError, match="min_patience_steps must be an int >= 0"):
             fit_amortized(linear_gaussian, guide, mode="forward", num_simulations=20,
                           min_patience_steps=bad, progress=False)
+
+
+def test_stop_after_cuts_ends_the_run_early_with_the_same_kept_parameters():
+    # 1,000 pairs, the default optimizer and lr, patience 20 checks: the lr is cut every 5
+    # checks without improvement of the smoothed loss. The default stop_after_cuts ("auto":
+    # 3 with the default lr) ends the run at the third cut after its best check; without it
+    # the patience ends it later. The steps before the stop are the same run, so the same
+    # best check is kept, to the bit.
+    bank = _bank(1_000, seed=4)
+    runs, kept = {}, {}
+    for rule in ("auto", None):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AmortizedKR(linear_gaussian, observed="y", map="affine", hidden_dims=())
+        kwargs = {} if rule == "auto" else {"stop_after_cuts": None}
+        runs[rule] = fit_amortized(linear_gaussian, guide, mode="forward", simulations=bank,
+                                   batch_size=256, seed=1, min_patience_steps=0,
+                                   progress=False, **kwargs)
+        kept[rule] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    short, long = runs["auto"], runs[None]
+    assert short.stop_after_cuts == 3 and long.stop_after_cuts is None
+    assert short.stopped_early and long.stopped_early
+    assert short.steps < long.steps  # the patience tail after the third cut is skipped
+    # the stop is where the replayed rule puts it, on the longer run's own trace
+    cuts, stop = _replay(long, every=4, cut_after=5, stop_after_cuts=3)
+    assert short.steps == stop and short.lr_cuts == cuts
+    assert short.loss == long.loss[: short.steps]
+    assert short.val_loss == long.val_loss[: len(short.val_loss)]
+    assert sum(c > short.best_step for c in short.lr_cuts) == 3
+    # no better check came in the longer run's tail: the same parameters are kept
+    assert short.best_step == long.best_step
+    for name, value in kept[None].items():
+        assert torch.equal(kept["auto"][name], value), name
+
+
+def test_stop_after_cuts_auto_is_off_with_a_given_learning_rate():
+    # lr=0.05 (25x the default): the cuts are what lets this run progress, and a new best
+    # comes 3 cuts after the one before; "auto" leaves the patience alone, stop_after_cuts=3
+    # forces the rule and keeps a worse check
+    bank = _bank(1_000, seed=4)
+    runs = {}
+    for rule in ("auto", None, 3):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AmortizedKR(linear_gaussian, observed="y", map="affine", hidden_dims=())
+        runs[rule] = fit_amortized(linear_gaussian, guide, mode="forward", simulations=bank,
+                                   batch_size=256, lr=0.05, seed=1, min_patience_steps=0,
+                                   stop_after_cuts=rule, progress=False)
+    assert runs["auto"].stop_after_cuts is None and runs[3].stop_after_cuts == 3
+    assert runs["auto"].loss == runs[None].loss and runs["auto"].steps == runs[None].steps
+    assert runs[3].steps < runs[None].steps
+    assert min(runs[3].val_loss) > min(runs[None].val_loss)
+
+
+def test_stop_after_cuts_is_checked():
+    guide = AmortizedKR(linear_gaussian, observed="y", map="affine")
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="stop_after_cuts must be an int >= 1"):
+            fit_amortized(linear_gaussian, guide, mode="forward", num_simulations=20,
+                          stop_after_cuts=bad, progress=False)

@@ -51,6 +51,7 @@ _FORWARD_LR = 2e-3  # default Adam learning rate of the forward phase
 _MAX_EPOCHS = 500  # default cap of the forward phase, in passes over the training split
 _VAL_SMOOTHING = 0.3  # weight of the newest check in the smoothed validation loss
 _MIN_PATIENCE_STEPS = 400  # default floor of the forward patience, in optimizer steps
+_STOP_AFTER_CUTS = 3  # "auto": stop after this many lr cuts without a new best check
 
 
 @dataclass
@@ -63,7 +64,7 @@ class AmortizedHistory(History):
     the step whose parameters were kept, ``stopped_early`` whether patience ran out.
     ``lr_cuts`` holds the steps at which the forward phase cut its learning rate on a plateau,
     ``patience_checks`` the patience it used, in checks (``patience`` raised to cover
-    ``min_patience_steps``).
+    ``min_patience_steps``), ``stop_after_cuts`` the cut-count stop it used (``None``: none).
     ``simulations`` counts the prior-predictive draws ``(u, y)`` used for training and
     ``model_evaluations`` the evaluations of the model's log density ``log p(u, y)`` (one per
     dataset and particle per reverse step; none in forward mode). For ``"hybrid"``,
@@ -80,6 +81,7 @@ class AmortizedHistory(History):
     forward_steps: int | None = None
     lr_cuts: list[int] = field(default_factory=list)
     patience_checks: int | None = None
+    stop_after_cuts: int | None = None
 
 
 class _ReversePair:
@@ -196,6 +198,7 @@ def fit_amortized(
     patience: int = 20,
     min_patience_steps: int = _MIN_PATIENCE_STEPS,
     plateau_factor: float | None = 0.5,
+    stop_after_cuts: int | str | None = "auto",
     ema_decay: float | None = None,
     weight_decay: float = 0.0,
     seed: int = 0,
@@ -262,6 +265,19 @@ def fit_amortized(
             after ``max(1, p // 4)`` checks without improvement of the smoothed validation
             loss, ``p`` the patience in checks after ``min_patience_steps``, and again after
             as many more (``history.lr_cuts``); ``None`` keeps the optimizer's own schedule.
+        stop_after_cuts: forward phase: also stop once the learning rate has been cut this
+            many times (``k``) since the best check, whose parameters are kept; the steps
+            before the stop are unchanged, so the kept parameters change only if a later
+            check would have beaten the best after ``k`` or more halvings. ``"auto"``
+            (default): ``3`` with the default optimizer and learning rate (``lr=None``,
+            ``optim=None``), where this was measured (Lotka-Volterra, 24 runs from 1,000 to
+            30,000 simulations: a new best came at most 2 cuts after the one before, so the
+            same best check was kept in all of them, 3-11 % fewer steps), off otherwise: with
+            a learning rate far above the default the cuts are what lets the run progress
+            (a linear-Gaussian bank at ``lr=0.05``, 25x the default, found a new best 3 cuts
+            after the one before: stopped there, it kept validation NLL 1.82 instead of 1.22).
+            ``None``: only ``patience`` stops (the rule before this option); an ``int``
+            forces it. It never fires with ``plateau_factor=None``.
         ema_decay: forward phase: keep an exponential moving average of the parameters with
             this decay per step (e.g. 0.999; ``None``: none). The validation checks score the
             averaged parameters, and the best averaged parameters are kept: still one map,
@@ -364,6 +380,11 @@ def fit_amortized(
                          f"floor on the patience), got {min_patience_steps!r}")
     if plateau_factor is not None and not 0 < plateau_factor < 1:
         raise ValueError(f"plateau_factor must lie in (0, 1) or be None, got {plateau_factor}")
+    if stop_after_cuts not in (None, "auto") and (isinstance(stop_after_cuts, bool)
+                                                  or not isinstance(stop_after_cuts, int)
+                                                  or stop_after_cuts < 1):
+        raise ValueError(f"stop_after_cuts must be an int >= 1 (learning-rate cuts since the "
+                         f"best check), 'auto' or None (patience only), got {stop_after_cuts!r}")
     if ema_decay is not None and (isinstance(ema_decay, bool)
                                   or not isinstance(ema_decay, int | float)
                                   or not 0 < ema_decay < 1):
@@ -392,8 +413,8 @@ def fit_amortized(
         simulations=simulations, validation_fraction=validation_fraction,
         validate_every=validate_every, patience=patience,
         min_patience_steps=min_patience_steps, plateau_factor=plateau_factor,
-        ema_decay=ema_decay, weight_decay=weight_decay, seed=seed, callback=callback,
-        common=common,
+        stop_after_cuts=stop_after_cuts, ema_decay=ema_decay, weight_decay=weight_decay,
+        seed=seed, callback=callback, common=common,
     )
     if mode == "forward":
         return forward
@@ -421,6 +442,7 @@ def fit_amortized(
     out.model_evaluations = reverse.model_evaluations
     out.forward_steps, out.lr_cuts = forward.steps, forward.lr_cuts
     out.patience_checks = forward.patience_checks
+    out.stop_after_cuts = forward.stop_after_cuts
     return out
 
 
@@ -516,7 +538,7 @@ class _ParamAverage:
 
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
                  validation_fraction, validate_every, patience, min_patience_steps,
-                 plateau_factor, ema_decay, weight_decay, seed, callback,
+                 plateau_factor, stop_after_cuts, ema_decay, weight_decay, seed, callback,
                  common) -> AmortizedHistory:
     bank = simulations if isinstance(simulations, SimulationBank) else None
     if bank is not None:  # pyro_kr.simulate's bank: in memory, or shards streamed from disk
@@ -565,6 +587,9 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     # the patience covers at least min_patience_steps optimizer steps (small banks check often)
     patience = max(patience, math.ceil(min_patience_steps / validate_every))
     common = dict(common)
+    if stop_after_cuts == "auto":  # measured with the default optimizer and lr only
+        default_optim = common["optim"] is None and common["lr"] is None
+        stop_after_cuts = _STOP_AFTER_CUTS if default_optim else None
     if common["steps"] is None:
         common["steps"] = _MAX_EPOCHS * epoch
     if common["optim"] is None:  # Adam with gradient clipping; the plateau rule decays it
@@ -576,7 +601,7 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     optim = common["optim"]
     record = AmortizedHistory(mode="forward")
     state = {"best": math.inf, "best_params": None, "smooth": None, "best_smooth": math.inf,
-             "bad": 0, "since_cut": 0}
+             "bad": 0, "since_cut": 0, "cuts_since_best": 0}
     cut_after = max(1, patience // 4)
     average = None if ema_decay is None else _ParamAverage(float(ema_decay))
 
@@ -592,7 +617,7 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         record.val_step.append(step + 1)
         record.val_loss.append(value)
         if value < state["best"]:  # the parameters kept: the best check itself
-            state.update(best=value, best_params=snapshot_params())
+            state.update(best=value, best_params=snapshot_params(), cuts_since_best=0)
             record.best_step = step + 1
         if live is not None:
             restore_params(live)
@@ -609,7 +634,10 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         if plateau_factor is not None and state["since_cut"] >= cut_after:
             _scale_lr(optim, plateau_factor)
             state["since_cut"] = 0
+            state["cuts_since_best"] += 1
             record.lr_cuts.append(step + 1)
+        if stop_after_cuts is not None and state["cuts_since_best"] >= stop_after_cuts:
+            return True
         return state["bad"] >= patience
 
     def check(step: int, rec: dict[str, float]) -> bool:
@@ -634,4 +662,5 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     out.best_step, out.stopped_early = record.best_step, record.stopped_early
     out.lr_cuts = record.lr_cuts
     out.patience_checks = patience
+    out.stop_after_cuts = stop_after_cuts
     return out

@@ -121,10 +121,12 @@ class ParamHead(nn.Module):
 
     def forward(self, raw: torch.Tensor) -> ComponentParams:
         k, opts = self.options.num_bumps, self.options
-        raw = raw.transpose(-1, -2)  # (..., d, 2 + 3K)
-        shift = raw[..., 0]
-        slope = opts.min_slope + F.softplus(raw[..., 1] + self.slope_offset)
-        weight = F.softplus(raw[..., 2 : 2 + k] + self.weight_offset)
-        center = self.centers.to(raw) + raw[..., 2 + k : 2 + 2 * k]
-        scale = _MIN_BUMP_SCALE + F.softplus(raw[..., 2 + 2 * k :] + self.scale_offset)
+        # One split, not five slices: the same values, and the backward pass concatenates the
+        # five gradients once instead of zero-filling and adding five full-size tensors.
+        shift, slope, weight, center, scale = raw.transpose(-1, -2).split([1, 1, k, k, k], -1)
+        shift = shift.squeeze(-1)  # (..., d); the rest (..., d, K)
+        slope = opts.min_slope + F.softplus(slope.squeeze(-1) + self.slope_offset)
+        weight = F.softplus(weight + self.weight_offset)
+        center = self.centers.to(raw) + center
+        scale = _MIN_BUMP_SCALE + F.softplus(scale + self.scale_offset)
         return ComponentParams(shift, slope, weight, center, scale)

@@ -103,17 +103,52 @@ def _resolve_optim(lr: float | None, optim: PyroOptim | None) -> PyroOptim:
     return Adam({"lr": lr})
 
 
+def _check_decay_from(lr_decay_from) -> None:
+    """Refuse an ``lr_decay_from`` that is not a fraction of the steps in ``(0, 1)``."""
+    if lr_decay_from is None:
+        return
+    if isinstance(lr_decay_from, bool) or not isinstance(lr_decay_from, (int, float)):
+        raise TypeError(
+            f"lr_decay_from must be None or a float in (0, 1), got {lr_decay_from!r}"
+        )
+    if not 0.0 < lr_decay_from < 1.0:
+        raise ValueError(
+            f"lr_decay_from must lie in (0, 1), got {lr_decay_from!r}: it is the fraction of "
+            "the steps after which fit's Adam starts its decay (e.g. lr_decay_from=0.85 holds "
+            "the lr for 85 % of the steps, then decays it to 1 % by the last step); pass "
+            "lr_decay=False for a constant lr, or leave it unset to decay after the annealing "
+            "ramp"
+        )
+
+
 def _decay_plan(
-    lr_decay: bool | None, optim: PyroOptim | None, schedule, steps: int
+    lr_decay: bool | None, optim: PyroOptim | None, schedule, steps: int,
+    lr_decay_from: float | None = None,
 ) -> int | None:
     """The step from which ``fit`` decays its own Adam's lr, or ``None`` for a constant lr.
 
     ``lr_decay=None`` (the default of ``fit``) decays when ``fit`` builds the optimizer itself
     (no ``optim``) and the loss anneals (a schedule with a ramp of ``steps`` steps) that ends
     before the last step; ``True`` requires all of it; ``False`` never decays.
+    ``lr_decay_from`` (a fraction in ``(0, 1)``) decays from step ``int(lr_decay_from *
+    steps)`` instead of the ramp's end, with or without a schedule (``fit``'s own Adam only).
     """
     if lr_decay is not None and not isinstance(lr_decay, bool):
         raise TypeError(f"lr_decay must be None, True or False, got {lr_decay!r}")
+    _check_decay_from(lr_decay_from)
+    if lr_decay_from is not None:
+        if lr_decay is False:
+            raise ValueError(
+                f"lr_decay=False keeps the lr constant and lr_decay_from={lr_decay_from!r} asks "
+                "for a decay; pass one of them"
+            )
+        if optim is not None:
+            raise ValueError(
+                f"lr_decay_from={lr_decay_from!r} decays fit's own Adam; with optim= pass a "
+                "decaying optimizer yourself (e.g. pyro.optim.LambdaLR) or pass lr= instead "
+                "of optim="
+            )
+        return int(lr_decay_from * steps)
     ramp = getattr(schedule, "steps", None)
     usable = (optim is None and isinstance(ramp, int) and not isinstance(ramp, bool)
               and ramp >= 1)
@@ -127,14 +162,16 @@ def _decay_plan(
     if not usable:
         raise ValueError(
             "lr_decay=True decays the lr after the annealing ramp ends, and this loss has no "
-            "annealing schedule: pass loss=TransportELBO(Annealing.over(steps)), or an "
-            "optimizer that decays (optim=pyro.optim.ClippedAdam({'lr': ..., 'lrd': ...}))"
+            "annealing schedule: pass loss=TransportELBO(Annealing.over(steps)), an explicit "
+            "start (lr_decay_from=0.7: decay after 70 % of the steps), or an optimizer that "
+            "decays (optim=pyro.optim.ClippedAdam({'lr': ..., 'lrd': ...}))"
         )
     if ramp >= steps and lr_decay is True:
         raise ValueError(
             f"lr_decay=True decays the lr after the annealing ramp ends, and this ramp lasts "
             f"{ramp} steps of {steps}: nothing is left to decay. Use a ramp that ends earlier "
-            f"(Annealing.over(steps), which ramps over 70 % of them) or lr_decay=False"
+            f"(Annealing.over(steps), which ramps over 70 % of them), an explicit start "
+            f"(lr_decay_from=0.85), or lr_decay=False"
         )
     return ramp if ramp < steps else None
 
@@ -284,6 +321,7 @@ def fit(
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     check: bool = True,
     lr_decay: bool | None = None,
+    lr_decay_from: float | None = None,
     restarts: int = 1,
     restart_draws: int = 1000,
     **kwargs,
@@ -308,6 +346,14 @@ def fit(
             ``lr``, as Pyro's Adam (``fit``'s default before 2026-12-05). ``True``: require
             the decay (an error without a schedule, with a ramp that leaves nothing to decay,
             or with ``optim``).
+        lr_decay_from: where the decay starts, as a fraction of ``steps`` in ``(0, 1)``:
+            ``fit``'s Adam holds ``lr`` until step ``int(lr_decay_from * steps)``, then decays
+            it geometrically to ``DECAY_TO`` (1 %) of ``lr`` by the last step, with or without
+            an annealing schedule. ``None`` (the default): from the end of the annealing ramp,
+            as ``lr_decay`` says (70 % of the steps with ``Annealing.over(steps)``; the same
+            as ``lr_decay_from=0.7`` there). A later start gives the fit more untempered steps
+            at full ``lr`` after a tempering ramp: ``0.85`` fixes the lag of a large hierarchy
+            (docs/hierarchical.md). Refused with ``lr_decay=False`` or ``optim=``.
         restarts: train this many times from the same start (each run ``steps`` steps with a
             fresh Adam, the schedule rewound and its own random stream) and keep the run with
             the best held-out ELBO (``restart_draws`` guide draws with one fixed seed;
@@ -331,7 +377,8 @@ def fit(
             interrupt loses at most that many.
         callback: ``callback(step, record)`` after each step; returning ``True`` stops early.
         check: after training, check the guide against its model and prior (500 vectorized
-            draws each; :func:`pyro_kr.diagnostics.stall.check_fit`) and warn
+            draws each; :func:`pyro_kr.diagnostics.stall.check_fit`, given the ELBO of the
+            parameters after the first step as the start of a fresh run) and warn
             (:class:`~pyro_kr.diagnostics.stall.FitWarning`) when the fit stalled at the prior
             or collapsed, naming the fix. For a dense ``AutoKR`` (at most 200 latents) that
             passes, it also compares the fit with the model's Laplace Gaussian
@@ -343,7 +390,8 @@ def fit(
         NonFiniteLossError: the loss became NaN/inf at a named step; parameters are restored
             to their values before that step.
         ValueError: ``steps < 1``, a loss with ``num_particles < 1``, observed data holding
-            NaN/inf, a checkpoint path that cannot be written, a checkpoint past ``steps``, or
+            NaN/inf, a checkpoint path that cannot be written, a checkpoint past ``steps``,
+            ``lr_decay_from`` outside ``(0, 1)`` (or with ``lr_decay=False`` / ``optim``), or
             ``restarts`` / ``restart_draws`` that are not usable (see above); all raised
             before the first step.
 
@@ -373,17 +421,19 @@ def fit(
     _check_restarts(restarts, restart_draws, optim, checkpoint)
     _check_data(model, args, kwargs)
     if restarts > 1:
-        _decay_plan(lr_decay, optim, getattr(loss, "schedule", None), steps)  # its errors first
+        _decay_plan(lr_decay, optim, getattr(loss, "schedule", None), steps,
+                    lr_decay_from)  # its errors first
         _resolve_optim(lr, optim)
         from pyro_kr.restarts import fit_restarts  # lazy: it calls fit once per restart
 
         return fit_restarts(model, guide, args, kwargs, restarts=restarts,
                             num_draws=restart_draws, loss=loss, steps=steps, lr=lr,
-                            lr_decay=lr_decay, progress=progress, callback=callback, check=check)
+                            lr_decay=lr_decay, lr_decay_from=lr_decay_from, progress=progress,
+                            callback=callback, check=check)
     if checkpoint is not None:
         check_writable(checkpoint)
     schedule = getattr(loss, "schedule", None)
-    decay_from = _decay_plan(lr_decay, optim, schedule, steps)
+    decay_from = _decay_plan(lr_decay, optim, schedule, steps, lr_decay_from)
     base_lr = 1e-2 if lr is None else lr
     optim = _resolve_optim(lr, optim)
     svi = SVI(model, guide, optim, loss)
@@ -437,6 +487,7 @@ def fit(
     bar = _progress_bar(progress and distributed.is_main(), steps, start)
     began = time.perf_counter() - history.seconds
     snapshot = snapshot_params()
+    first = None  # the parameters after the first step of a fresh run: the check's start
     try:
         for step in range(start, steps):
             if decay_from is not None:
@@ -457,6 +508,8 @@ def fit(
                     "values, or start the schedule with a smaller lam."
                 )
             snapshot = snapshot_params()
+            if step == 0:
+                first = snapshot
             record = _record(loss, value)
             if parallel:
                 record["loss"] = value
@@ -478,5 +531,5 @@ def fit(
     if check:
         from pyro_kr.diagnostics.stall import warn_if_unhealthy  # lazy: ArviZ-backed module
 
-        warn_if_unhealthy(model, guide, args, kwargs)
+        warn_if_unhealthy(model, guide, args, kwargs, start=first)
     return history

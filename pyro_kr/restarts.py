@@ -91,6 +91,7 @@ def fit_restarts(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, *,
     restarts: int, num_draws: int, loss, steps: int, lr: float | None,
     lr_decay: bool | None, progress: bool, callback: Callable | None, check: bool,
+    lr_decay_from: float | None = None,
 ):
     """``restarts`` runs of :func:`pyro_kr.fit` (each a single run without the end check) from
     the same start; keep the one with the best :func:`heldout_elbo`. Called by ``fit`` with
@@ -119,7 +120,8 @@ def fit_restarts(
         began = time.perf_counter()
         try:
             history = fit(model, guide, *args, loss=loss, steps=steps, lr=lr,
-                          lr_decay=lr_decay, progress=progress, callback=callback, check=False,
+                          lr_decay=lr_decay, lr_decay_from=lr_decay_from, progress=progress,
+                          callback=callback, check=False,
                           **kwargs)
         except NonFiniteLossError as exc:
             spent = time.perf_counter() - began
@@ -157,5 +159,5 @@ def fit_restarts(
     if check:
         from pyro_kr.diagnostics.stall import warn_if_unhealthy  # lazy: ArviZ-backed module
 
-        warn_if_unhealthy(model, guide, args, kwargs)
+        warn_if_unhealthy(model, guide, args, kwargs, start=start)
     return history

@@ -58,7 +58,7 @@ def _exact_log_tau(y, sigma, grid=4000):
     return float(m), float(((p * (lt - m) ** 2).sum()).sqrt())
 
 
-def _fit(optim=None, callback=None):
+def _fit(**options):
     y, sigma = _data()
     pyro.clear_param_store()
     torch.manual_seed(0)
@@ -66,7 +66,7 @@ def _fit(optim=None, callback=None):
     loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(STEPS), num_particles=PARTICLES,
                                  max_plate_nesting=1)
     pyro_kr.fit(_model, guide, y, sigma, loss=loss, steps=STEPS, progress=False, check=False,
-                optim=optim, callback=callback)
+                **options)
     torch.manual_seed(1)
     log_tau = guide.sample_posterior(4000, y, sigma)["tau"].log()
     return float(log_tau.mean()), float(log_tau.std()), _exact_log_tau(y, sigma)
@@ -93,14 +93,8 @@ def test_default_recipe_recovers_the_mean_of_log_tau():
 @pytest.mark.slow
 def test_lr_held_past_the_ramp_recovers_the_mean_of_log_tau():
     # the default recipe, but Adam's lr is held to 85 % of the steps (not the ramp's end, 70 %)
-    # and then decayed to 1 % by the last step, as fit's lr_decay does from the ramp's end
-    hold = int(0.85 * STEPS)
-    rate = 0.01 ** (1 / (STEPS - hold))
-    optim = pyro.optim.LambdaLR({
-        "optimizer": torch.optim.Adam, "optim_args": {"lr": 1e-2},
-        "lr_lambda": lambda k: 1.0 if k < hold else rate ** (k - hold),
-    })
-    mean, sd, (exact_mean, exact_sd) = _fit(optim, lambda step, record: optim.step())
+    # and then decayed to 1 % by the last step: fit(..., lr_decay_from=0.85)
+    mean, sd, (exact_mean, exact_sd) = _fit(lr_decay_from=0.85)
     assert abs(mean - exact_mean) < 0.5 * exact_sd, (mean, exact_mean, exact_sd)
     # wide (about 1.5x with order="auto", tau first), not collapsed
     assert sd < 2 * exact_sd, (sd, exact_sd)

@@ -147,9 +147,13 @@ class Scorer:
 
 
 def make_guide(problem, args) -> pyro_kr.AmortizedKR:
-    return pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
-                               embedding_dim=args.embedding_dim,
-                               hidden_dims=tuple(args.hidden))
+    guide = pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
+                                embedding_dim=args.embedding_dim,
+                                hidden_dims=tuple(args.hidden))
+    if getattr(args, "kr_dtype", "float64") != "float64":  # the model's own dtype otherwise
+        guide.setup()  # build the networks, then cast them before the param store sees them
+        guide.nets.to(getattr(torch, args.kr_dtype))
+    return guide
 
 
 def kr_draw(guide, y_obs, names):
@@ -193,7 +197,8 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
              "lr_cuts": getattr(history, "lr_cuts", None),
              "patience_checks": getattr(history, "patience_checks", None),
              "stop_after_cuts": getattr(history, "stop_after_cuts", None),
-             "forward_defaults": bool(args.forward_defaults and mode != "reverse")}
+             "forward_defaults": bool(args.forward_defaults and mode != "reverse"),
+             **({"kr_dtype": args.kr_dtype} if args.kr_dtype != "float64" else {})}
     if mode != "reverse":
         facts.update(split(budget, args.validation_fraction), stopped_early=history.stopped_early,
                      val_step=history.val_step, val_loss=history.val_loss)
@@ -420,6 +425,8 @@ def label(row: dict) -> str:
     'forward (defaults, 50% val.)'
     """
     marks = ["defaults"] if row.get("forward_defaults") else []
+    if row.get("kr_dtype", "float64") != "float64":
+        marks.append(row["kr_dtype"])
     n_val, budget = row.get("validation_simulations"), row.get("budget")
     if n_val is not None and budget and n_val != split(
             budget, DEFAULT_VALIDATION_FRACTION)["validation_simulations"]:
@@ -599,6 +606,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--embedding-dim", type=int, default=16)
+    parser.add_argument("--kr-dtype", choices=["float64", "float32"], default="float64",
+                        help="our KR guides' networks (and so their training) in this dtype; "
+                             "float64 is the model's own (Lotka-Volterra)")
     parser.add_argument("--cot-width", type=int, default=256)
     parser.add_argument("--cot-depth", type=int, default=4)
     parser.add_argument("--cot-full-max", type=int, default=10_000,

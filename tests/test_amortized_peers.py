@@ -87,3 +87,27 @@ def test_rows_with_another_validation_split_are_labelled_apart():
     # rows without a split (sbi's own 10%, reverse without a bank) keep their plain name
     assert bench.label({"method": "npe_nsf", "budget": 20_000}) == "npe_nsf"
     assert bench.label({"method": "reverse", "budget": None}) == "reverse"
+
+
+def test_float32_guides_are_labelled_apart_and_train_in_float32():
+    # --kr-dtype float32: the networks are cast before the param store sees them, so the
+    # parameters trained are float32; the rows get their own label (and plot series)
+    import argparse
+
+    import pyro
+    import torch
+
+    from pyro_kr.bench import problems
+
+    bench = _load()
+    row = {"method": "forward", "forward_defaults": True, "budget": 20_000, "seed": 0,
+           "validation_simulations": 2_000}
+    assert bench.label({**row, "kr_dtype": "float32"}) == "forward (defaults, float32)"
+    assert bench.label(row) == "forward (defaults)"
+    problem = problems.get("lotka_volterra")
+    args = argparse.Namespace(depth=1, embedding_dim=4, hidden=[8], kr_dtype="float32")
+    pyro.clear_param_store()
+    guide = bench.make_guide(problem, args)
+    guide.networks()
+    assert {v.dtype for v in pyro.get_param_store().values()} == {torch.float32}
+    assert guide.sample(problem.observation(0), 3)["alpha"].dtype == torch.float32

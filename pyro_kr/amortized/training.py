@@ -312,6 +312,11 @@ def fit_amortized(
             turns every error of the amortized network into overconfidence; ``w > 0`` widens
             ``q`` where the network misplaces it (docs/amortized.md, calibration).
         progress, checkpoint, checkpoint_every, callback: as in :func:`pyro_kr.fit`.
+            Unlike ``fit``, no end-of-training check runs: ``fit``'s check scores one
+            posterior, and the reverse objective's model is a fresh batch of simulated
+            datasets at every call, whose summed log weights say nothing about any one
+            posterior. Check the calibration over the prior predictive instead
+            (docs/amortized.md, calibration).
 
     Returns:
         An :class:`AmortizedHistory`.
@@ -401,9 +406,10 @@ def fit_amortized(
                          "(mode='forward' or 'hybrid'); mode='reverse' takes optim=...")
     schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode)
     guide.setup(*args, **kwargs)
-    common = dict(  # lr_decay=False: the amortized phases keep their own lr rules
+    common = dict(  # lr_decay=False: the amortized phases keep their own lr rules;
+        # check=False: fit's check scores one posterior, not a batch of simulated datasets
         steps=steps, lr=lr, optim=optim, progress=progress, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every, lr_decay=False,
+        checkpoint_every=checkpoint_every, lr_decay=False, check=False,
     )
     if mode == "reverse":
         return _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,

@@ -23,14 +23,6 @@ Y = torch.tensor([0.8, -0.3, 1.1], dtype=DT)
 LR = 1e-2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model(y):
     a = pyro.sample("a", dist.Normal(torch.tensor(0.0, dtype=DT), 1.0))
     b = pyro.sample("b", dist.Normal(torch.zeros(2, dtype=DT), 1.0).to_event(1))

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "amortized_peers.py"
+from _scripts import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("amortized_peers_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("amortized_peers.py", "amortized_peers_bench")
 
 
 def test_smoke_without_sbi_skips_the_peers_with_a_clear_message(tmp_path, monkeypatch, capsys):

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pyro
 import torch
 from _amortized_models import SIGMA, A, linear_gaussian
+from _scripts import load_benchmark
 
 from pyro_kr import AmortizedKR, fit_amortized
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "amortized_stop_replay.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("amortized_stop_replay_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("amortized_stop_replay.py", "amortized_stop_replay_bench")
 
 
 def _fit(bank, **kwargs):

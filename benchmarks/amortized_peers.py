@@ -7,6 +7,9 @@ drawn and given to every simulation-based method:
 * ``hybrid``: the same, then refined by reverse KL with the likelihood (``mode="hybrid"``);
 * ``hybrid_iwae``: the same refinement with ``objective="iwae"`` (8 draws of ``u`` per dataset,
   ``batch / 8`` datasets per step: the same number of model evaluations);
+* ``hybrid_rws``: the same refinement with ``objective="rws"`` (8 draws, ``batch / 8``
+  datasets) plus the forward anchor ``forward_weight=--hybrid-forward-weight`` (default 1);
+  ``--hybrid-trace-at`` also scores it at those reverse steps (their CPU is not counted);
 * ``cot``: :class:`pyro_kr.COTFlowMatching` on the bank (sample mode, ``log u`` and ``log y``);
 * ``npe_maf`` / ``npe_nsf``: sbi's ``NPE`` with its default estimator (MAF in sbi 0.27) and
   with NSF, sbi's documented API and training defaults, given ``theta = log u`` (prior
@@ -60,13 +63,14 @@ from pyro_kr.metrics import mmd2, w2
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "amortized_peers.json"
 PLOTS = ROOT / "bench-out" / "amortized_peers"
-METHODS = ("forward", "hybrid", "hybrid_iwae", "reverse", "cot", "npe_maf", "npe_nsf")
+METHODS = ("forward", "hybrid", "hybrid_iwae", "hybrid_rws", "reverse", "cot", "npe_maf",
+           "npe_nsf")
 PRIOR_LOC = (-0.125, -3.0, -0.125, -3.0)
 PRIOR_SD = math.sqrt(0.5)
 PAPER_W2 = 0.0402  # Kerrigan et al. 2024, Table 2, COT-FM; coordinates not stated
 PAPER_MMD = 0.95e-3  # Kerrigan et al. 2024's best MMD on Lotka-Volterra; kernel not stated
 UNIT_KERNEL_H = 2.0**-0.5  # k(a, b) = exp(-|a - b|^2), PCP-Map code's convention (raw u)
-KR_METHODS = ("forward", "hybrid", "hybrid_iwae", "reverse")
+KR_METHODS = ("forward", "hybrid", "hybrid_iwae", "hybrid_rws", "reverse")
 COLORS = {"forward": "tab:orange", "hybrid": "tab:green", "hybrid_iwae": "tab:olive",
           "cot": "tab:blue", "npe_maf": "tab:purple", "npe_nsf": "tab:brown"}
 
@@ -222,7 +226,8 @@ def split(budget: int, fraction: float) -> dict:
     return {"train_simulations": budget - n_val, "validation_simulations": n_val}
 
 
-def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo") -> tuple:
+def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo",
+              forward_weight: float = 0.0, scorer=None) -> tuple:
     """The reverse phase of ``mode="hybrid"``, run on the trained ``forward`` guide.
 
     ``fit_amortized(mode="hybrid")`` is its forward phase followed by exactly this phase (the
@@ -230,19 +235,36 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
     1e-2 -> 1e-3 and ``lam`` 1e2 -> 1e4 ramped by ``Annealing.over(steps)``). The forward
     phase is seeded and identical to the ``forward`` row's, so continuing that guide saves
     retraining it; only the random stream of the reverse phase differs from a single
-    ``mode="hybrid"`` call.
+    ``mode="hybrid"`` call. ``scorer``: score the guide at the reverse steps
+    ``--hybrid-trace-at`` (fixed seeds, the RNG state restored; their CPU is not counted).
     """
     steps = args.hybrid_reverse_steps
     optim = pyro.optim.ClippedAdam({"lr": args.lr_reverse, "lrd": 0.1 ** (1 / steps)})
     schedule = pyro_kr.Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4), beta=1.0)
     pyro.set_rng_seed(forward_facts["seed"] + 7_919)
-    particles = 8 if objective == "iwae" else 1
+    particles = 8 if objective in ("iwae", "rws") else 1
+    trace, trace_cpu = [], [0.0]
+    trace_at = set(getattr(args, "hybrid_trace_at", None) or []) if scorer is not None else set()
+
+    def callback(step: int, record: dict) -> None:
+        if step + 1 not in trace_at:
+            return
+        cpu, state = time.process_time(), torch.get_rng_state()
+        score = scorer.score(kr_draw(guide, problem.observation(0), problem.param_names))
+        torch.set_rng_state(state)
+        trace.append({"reverse_step": step + 1, **{
+            k: score[k]["mean"] for k in ("raw", "scaled_log", "mmd2_unit")}})
+        log(f"  reverse step {step + 1}: W2 raw {score['raw']['mean']:.4f}, scaled log "
+            f"{score['scaled_log']['mean']:.4f}, MMD2 {score['mmd2_unit']['mean']:.2e}")
+        trace_cpu[0] += time.process_time() - cpu
+
     t0 = time.perf_counter()
     history = pyro_kr.fit_amortized(problem.model, guide, mode="reverse", steps=steps,
                                     optim=optim, schedule=schedule,
                                     batch_size=max(1, args.batch_forward // particles),
                                     progress=args.progress, objective=objective,
-                                    num_particles=particles)
+                                    num_particles=particles, forward_weight=forward_weight,
+                                    callback=callback if trace_at else None)
     facts = {k: forward_facts[k] for k in ("best_step", "train_simulations", "stopped_early",
                                            "validation_simulations") if k in forward_facts}
     facts.update({
@@ -251,7 +273,13 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
         "steps": forward_facts["steps"] + history.steps,
         "forward_steps": forward_facts["steps"],
         "simulations": forward_facts["simulations"] + history.simulations,
-        "model_evaluations": history.model_evaluations, "continued_forward_row": True})
+        "model_evaluations": history.model_evaluations, "continued_forward_row": True,
+        "forward_cpu_seconds": forward_facts["train_cpu_seconds"],
+        "objective": objective, "forward_weight": forward_weight,
+        "reverse_batch_size": max(1, args.batch_forward // particles),
+        "num_particles": particles, "reverse_lr": args.lr_reverse})
+    if trace_at:
+        facts.update(trace=trace, trace_cpu_seconds=trace_cpu[0])
     return kr_draw(guide, problem.observation(0), problem.param_names), facts, guide
 
 
@@ -363,11 +391,12 @@ def run(args, save=None) -> dict:
                 if method.startswith("hybrid") and "forward" in kept:
                     guide, facts, state = kept["forward"]
                     guide.load_state_dict(state)  # in place: the param store sees it
-                    objective = "iwae" if method == "hybrid_iwae" else "elbo"
-                    fn = lambda g=guide, f=facts, o=objective: refine_kr(  # noqa: E731
-                        problem, g, f, args, o)
-                elif method == "hybrid_iwae":
-                    raise ValueError("hybrid_iwae continues the forward row: list forward first")
+                    objective = {"hybrid_iwae": "iwae", "hybrid_rws": "rws"}.get(method, "elbo")
+                    weight = args.hybrid_forward_weight if method == "hybrid_rws" else 0.0
+                    fn = lambda g=guide, f=facts, o=objective, w=weight: refine_kr(  # noqa: E731
+                        problem, g, f, args, o, w, scorer)
+                elif method in ("hybrid_iwae", "hybrid_rws"):
+                    raise ValueError(f"{method} continues the forward row: list forward first")
                 elif method in ("forward", "hybrid"):
                     fn = lambda m=method, b=budget, s=seed, k=bank: train_kr(  # noqa: E731
                         problem, m, k, b, args, s)
@@ -393,7 +422,11 @@ def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, 
     cpu = time.process_time()  # CPU seconds of this process: the wall time under load inflates
     try:
         draw, facts, guide = train()
-        facts["train_cpu_seconds"] = time.process_time() - cpu
+        facts["train_cpu_seconds"] = (time.process_time() - cpu
+                                      - facts.get("trace_cpu_seconds", 0.0))
+        if facts.get("continued_forward_row"):  # the whole hybrid: forward phase + this one
+            facts["reverse_cpu_seconds"] = facts["train_cpu_seconds"]
+            facts["train_cpu_seconds"] += facts.pop("forward_cpu_seconds")
         score = scorer.score(draw)
     except Exception as error:  # noqa: BLE001 - record and go on with the other methods
         log(f"{method} budget={budget} seed={seed} failed: {error!r}")
@@ -404,7 +437,7 @@ def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, 
     log(f"{method} budget={budget} seed={seed}: W2 raw {score['raw']['mean']:.4f}, scaled log "
         f"{score['scaled_log']['mean']:.4f}, MMD2 unit {score['mmd2_unit']['mean']:.2e} "
         f"({facts['train_seconds']:.0f} s)")
-    if guide is not None and args.sbc_datasets:
+    if guide is not None and args.sbc_datasets and method in (args.sbc_methods or [method]):
         row["calibration"] = calibration(problem, guide, args)
         cal = row["calibration"]
         log(f"  SBC p {[round(p, 3) for p in cal['p_values']]}, joint coverage "
@@ -582,6 +615,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-steps", type=int, default=40_000)
     parser.add_argument("--reverse-steps", type=int, default=10_000)
     parser.add_argument("--hybrid-reverse-steps", type=int, default=1_000)
+    parser.add_argument("--hybrid-forward-weight", type=float, default=1.0,
+                        help="hybrid_rws: forward_weight of its reverse phase")
+    parser.add_argument("--hybrid-trace-at", type=int, nargs="*", default=None,
+                        help="hybrid_rws: also score the guide at these reverse steps")
     parser.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
     parser.add_argument("--num-particles", type=int, default=None)
     parser.add_argument("--batch-forward", type=int, default=256)
@@ -594,6 +631,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "10k + 10k at --budgets 20000); sbi keeps its own default split")
     parser.add_argument("--sbc-datasets", type=int, default=0,
                         help="SBC and coverage of the KR rows on this many datasets (0: none)")
+    parser.add_argument("--sbc-methods", nargs="+", default=None, choices=KR_METHODS,
+                        help="calibrate only these KR rows (default: every KR row)")
     parser.add_argument("--forward-defaults", action="store_true",
                         help="forward (and hybrid's forward phase): fit_amortized's default "
                              "steps, optimizer, validation and stopping; only --batch-forward "

@@ -103,3 +103,23 @@ def test_float32_guides_are_labelled_apart_and_train_in_float32():
     guide.networks()
     assert {v.dtype for v in pyro.get_param_store().values()} == {torch.float32}
     assert guide.sample(problem.observation(0), 3)["alpha"].dtype == torch.float32
+
+
+def test_smoke_hybrid_rws_continues_forward_with_the_anchor_and_counts_evaluations(tmp_path):
+    bench = _load()
+    payload = bench.main(["--smoke", "--methods", "forward", "hybrid_rws",
+                          "--hybrid-trace-at", "2", "--sbc-datasets", "10",
+                          "--sbc-methods", "hybrid_rws", "--out", str(tmp_path / "p.json"),
+                          "--plot-dir", str(tmp_path / "plots")])
+    rows = {r["method"]: r for r in payload["rows"]}
+    hyb, fwd = rows["hybrid_rws"], rows["forward"]
+    assert hyb["continued_forward_row"] and hyb["forward_steps"] == fwd["steps"] == 3
+    assert (hyb["objective"], hyb["forward_weight"], hyb["num_particles"]) == ("rws", 1.0, 8)
+    # 3 reverse steps of 32 // 8 = 4 datasets x 8 particles; the bank's 200 plus 3 x 4 y
+    assert hyb["reverse_batch_size"] == 4 and hyb["model_evaluations"] == 3 * 4 * 8
+    assert hyb["simulations"] == 200 + 3 * 4
+    # the whole hybrid's CPU: the forward row's plus the reverse phase's (trace not counted)
+    assert hyb["train_cpu_seconds"] == pytest.approx(
+        fwd["train_cpu_seconds"] + hyb["reverse_cpu_seconds"])
+    assert [t["reverse_step"] for t in hyb["trace"]] == [2] and hyb["trace"][0]["raw"] > 0
+    assert "calibration" in hyb and "calibration" not in fwd  # --sbc-methods

@@ -45,7 +45,7 @@ from pyro_kr.diagnostics.stall import ELBO_MARGIN, SHIFT_TOL, check_fit  # noqa:
 RESULTS = Path(__file__).parent / "results"
 STORED = ("suite.json", "suite_recipe_screen.json", "suite_restarts.json")
 KINDS = {"stalled at the prior": "stalled", "misses part of": "collapsed",
-         "worse than the Laplace Gaussian": "worse than Gaussian"}
+         "the fit diverged": "diverged", "worse than the Laplace Gaussian": "worse than Gaussian"}
 
 
 def old_status(r) -> str:

@@ -439,6 +439,7 @@ def table(data: dict) -> str:
 
 
 WARNING_KINDS = {"stalled": "stalled at the prior", "collapsed": "misses part of",
+                 "diverged": "the fit diverged",
                  "worse than Gaussian": "worse than the Laplace Gaussian"}
 
 

@@ -221,3 +221,49 @@ def test_infinite_khat_is_reported():
         pyro_kr.fit(problem.model, guide, y=y, steps=5, lr=1e-9, progress=False)
     found = [str(w.message) for w in record if issubclass(w.category, FitWarning)]
     assert len(found) == 1 and "stalled at the prior" in found[0] and "k-hat inf" in found[0]
+
+
+def _sharp(x):
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    pyro.sample("x", dist.Normal(z, 0.1), obs=x)
+
+
+def test_guide_far_off_and_worse_than_the_prior_is_reported_diverged():
+    # a narrow guide 10 prior sd below the prior's median while the data say z = 3: it moved
+    # away from the prior, and its ELBO is thousands of nats below the prior's (the shape of a
+    # normalizing flow blown up by its lr); the old rule called such a guide "stalled"
+    def far_off(x):
+        pyro.sample("z", dist.Normal(-10.0, 0.1))
+
+    result = check_fit(far_off, _sharp, torch.tensor(3.0))
+    assert result.shift > SHIFT_TOL and result.elbo < result.prior_elbo - 1000
+    assert result.status == "diverged"
+    assert "the fit diverged" in result.message and "smaller lr" in result.message
+    assert "stalled" not in result.message
+
+
+def test_fit_reports_a_diverged_guide():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = pyro.infer.autoguide.AutoNormal(
+        _sharp, init_loc_fn=lambda site: torch.tensor(-10.0), init_scale=0.1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pyro_kr.fit(_sharp, guide, torch.tensor(3.0), steps=5, lr=1e-9, progress=False)
+    found = [str(w.message) for w in record if issubclass(w.category, FitWarning)]
+    assert len(found) == 1 and "the fit diverged" in found[0]
+
+
+def test_untrained_guide_at_the_prior_median_worse_than_the_prior_is_still_a_stall():
+    # at the prior's location, a narrow guide can be worse than the prior (here the data say
+    # z^2 = 4, so z = +-2, and the prior's median 0 is the worst place): it learned nothing, it
+    # did not diverge
+    def squared(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z**2, 0.1), obs=x)
+
+    pyro.clear_param_store()
+    guide = pyro.infer.autoguide.AutoNormal(squared, init_scale=0.01)
+    result = check_fit(guide, squared, torch.tensor(4.0))
+    assert result.shift < SHIFT_TOL and result.elbo < result.prior_elbo
+    assert result.status == "at_prior"

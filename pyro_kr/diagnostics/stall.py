@@ -1,12 +1,14 @@
 """``check_fit``: has a fitted guide learned from the data, or stalled at the prior / collapsed?
 
-A variational fit can end in two silent failures:
+A variational fit can end in three silent failures:
 
 * **At the prior.** The guide never moved away from where it started (a learning rate too
   small, a flat start, a symmetric posterior whose modes pull the guide equally): its draws
   sit where the prior's do, while the data put the posterior elsewhere.
 * **Collapsed.** The guide moved but misses part of the posterior's mass (scales too narrow,
   or one mode of several): the importance ratios ``p(x, z) / q(z)`` are heavy-tailed.
+* **Diverged.** The guide moved away from the prior but ended worse than the prior itself (its
+  ELBO is below the prior's): the optimisation blew up.
 
 ``check_fit`` draws ``N`` times from the guide and ``N`` times from the prior (the model with
 its observed sites left as they are, used as a guide), scores both under the model and
@@ -35,8 +37,13 @@ compares:
 Limitation: k-hat only sees mass the guide's draws reach, so a guide that covers one of
 several well-separated modes can pass (``"ok"``).
 
-Status: ``"ok"`` (``khat <= 0.7``); ``"at_prior"`` (``khat > 0.7``, ``prior_khat > 0.7`` and the
-guide learned nothing from the data: its ELBO is less than :data:`ELBO_MARGIN` above the
+Status: ``"ok"`` (``khat <= 0.7``); ``"diverged"`` (``khat > 0.7``, ``prior_khat > 0.7``, the
+guide sits at least :data:`SHIFT_TOL` prior IQRs away from the prior's location and its ELBO is
+more than :data:`ELBO_MARGIN` below the prior's: it is somewhere worse than the prior itself, a
+normalizing flow blown up by a large learning rate, or a guide that started far off, e.g. at
+``init_to_feasible``'s point, and never recovered); ``"at_prior"`` (``khat > 0.7``,
+``prior_khat > 0.7`` and the guide learned nothing from the data: its ELBO is less than
+:data:`ELBO_MARGIN` above the
 prior's, or its medians all lie within :data:`SHIFT_TOL` prior IQRs of the prior's **and** its
 ELBO says it did not get away: it covered less than :data:`PROGRESS_TOL` of the way from the
 prior's ELBO to the evidence, or, given the ELBO of its start (``start_elbo``; ``fit`` passes
@@ -110,7 +117,7 @@ ELBO_MARGIN = 1.0
 
 
 class FitWarning(UserWarning):
-    """A fitted guide stalled at the prior or collapsed (see :func:`check_fit`)."""
+    """A fitted guide stalled at the prior, collapsed or diverged (see :func:`check_fit`)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,16 @@ class FitCheck:
                 "with a larger lr; start at the posterior mode (AutoKR(init_scale='laplace'), "
                 "or init_loc_fn=init_to_sample); for a posterior with several modes, restart "
                 "from other initial points and keep the fit with the best ELBO."
+            )
+        if self.status == "diverged":
+            return (
+                "the fit diverged: the guide sits away from the prior's location with an ELBO "
+                "below the prior's, worse than the prior itself (the optimisation blew up, or "
+                f"the fit started far off and never recovered) ({numbers}). "
+                "Fixes: a smaller lr (or pyro.optim.ClippedAdam with clip_norm), start at the "
+                "prior median (init_loc_fn=init_to_median) or the posterior mode "
+                "(AutoKR(init_scale='laplace')), and check the model for regions where its log "
+                "density overflows (an ODE or exp of a large latent)."
             )
         if self.status == "collapsed":
             return (
@@ -260,6 +277,8 @@ def check_fit(
     result = FitCheck("ok", khat, prior_khat, shift, elbo, prior_elbo, num_samples, gap, start)
     if not khat > KHAT_OK:
         status = "ok"
+    elif prior_khat > KHAT_OK and shift >= SHIFT_TOL and elbo < prior_elbo - ELBO_MARGIN:
+        status = "diverged"  # away from the prior's location, and worse than the prior
     elif prior_khat > KHAT_OK and (
         elbo <= prior_elbo + ELBO_MARGIN
         or (shift < SHIFT_TOL and (result.progress < PROGRESS_TOL or result.moved == "no"))

@@ -14,8 +14,8 @@ autoregressive flow), plus the variants this script defines (``--methods``; see
 (n = 2000, the guide's draws and the reference subsampled with the run's seed) with its noise
 floor (W2 between two reference halves of the same size). A run counts as failed when it
 raised (NaN loss, Laplace failure) or drew non-finite values; ``fit``'s warnings
-(``FitWarning``: stalled / collapsed / worse than the Laplace Gaussian) are recorded. CPU
-seconds (``time.process_time``) per run are recorded too.
+(``FitWarning``: stalled / collapsed / diverged / worse than the Laplace Gaussian) are
+recorded. CPU seconds (``time.process_time``) per run are recorded too.
 
 Results are appended to ``--out`` after every run (a rerun skips the runs already there), and
 ``--table`` prints the readable table of a results file.

@@ -379,8 +379,9 @@ def fit(
         check: after training, check the guide against its model and prior (500 vectorized
             draws each; :func:`pyro_kr.diagnostics.stall.check_fit`, given the ELBO of the
             parameters after the first step as the start of a fresh run) and warn
-            (:class:`~pyro_kr.diagnostics.stall.FitWarning`) when the fit stalled at the prior
-            or collapsed, naming the fix. For a dense ``AutoKR`` (at most 200 latents) that
+            (:class:`~pyro_kr.diagnostics.stall.FitWarning`) when the fit stalled at the
+            prior, collapsed or diverged, naming the fix. For a dense ``AutoKR`` (at most 200
+            latents) that
             passes, it also compares the fit with the model's Laplace Gaussian
             (:func:`~pyro_kr.diagnostics.stall.compare_to_gaussian`) and warns when the fit's
             ELBO is lower (never a silent loss to a Gaussian; skipped where the posterior has

@@ -3,8 +3,8 @@
 - :func:`to_inference_data`: draws of any Pyro guide as an ArviZ ``InferenceData`` (posterior,
   importance log weights, pointwise log likelihood, observed data, posterior predictive).
 - :func:`psis`: Pareto-smoothed importance sampling (k-hat, ESS, reweighted draws).
-- :func:`check_fit`: did a fitted guide stall at the prior or collapse (``pyro_kr.fit`` runs it
-  after training and warns with a :class:`FitWarning`)?
+- :func:`check_fit`: did a fitted guide stall at the prior, collapse or diverge (``pyro_kr.fit``
+  runs it after training and warns with a :class:`FitWarning`)?
 - :mod:`pyro_kr.diagnostics.plots`: pair plots, marginals, loss traces, metric bar charts.
 - :func:`sbc` and :func:`coverage`: calibration of amortized guides (simulation-based
   calibration ranks with a uniformity test; expected coverage of credible regions), plotted by

@@ -303,6 +303,22 @@ class Tracer:
         self.seconds += time.process_time() - t0
 
 
+class WarmupSaver:
+    """Callback: save the param store after step ``at`` (then pass on to ``inner``)."""
+
+    def __init__(self, at: int, path: str, inner=None) -> None:
+        self.at, self.path, self.inner, self.seconds = at, path, inner, 0.0
+
+    def __call__(self, step: int, record: dict):
+        out = self.inner(step, record) if self.inner is not None else None
+        if step + 1 == self.at:
+            t0 = time.process_time()
+            pyro.get_param_store().save(self.path)
+            log(f"saved the warm-up's parameters to {self.path}")
+            self.seconds += time.process_time() - t0
+        return out
+
+
 def collect(paths: list[str], out: Path) -> dict:
     """Merge run files into one small JSON (``benchmarks/results/``) and print a table."""
     runs = []
@@ -315,6 +331,9 @@ def collect(paths: list[str], out: Path) -> dict:
             "lr_decay": a.get("lr_decay"),
             "embedding_dim": a["embedding_dim"], "objective": a["objective"],
             "forward_weight": a["forward_weight"], "start": a.get("load_params"),
+            "warmup_steps": a.get("warmup_steps") or None,
+            "warmup_batch_size": a.get("warmup_batch_size"),
+            "warmup_lr": a.get("warmup_lr"), "warmup_cpu_s": r.get("warmup_cpu_s"),
             "order": {True: "trace", False: "problem"}.get(a.get("trace_order")),
             "seed": a["seed"], "train_cpu_s": r["train_cpu_s"],
             "simulations": r["simulations"], "model_evaluations": r["model_evaluations"],
@@ -361,6 +380,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-particles", type=int, default=None)
     parser.add_argument("--forward-weight", type=float, default=0.0)
     parser.add_argument("--no-schedule", action="store_true")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="reverse: fit_amortized(warmup_steps=...), forward NLL on fresh "
+                             "simulations before the --steps reverse steps")
+    parser.add_argument("--warmup-batch-size", type=int, default=None)
+    parser.add_argument("--warmup-lr", type=float, default=None)
+    parser.add_argument("--save-warmup-params", default=None,
+                        help="save the param store at the end of the warm-up (to refine it "
+                             "again with --load-params)")
     parser.add_argument("--datasets", type=int, default=200)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--sbc-datasets", type=int, default=200,
@@ -412,6 +439,9 @@ def main(argv=None) -> dict:
               forward_weight=args.forward_weight, progress=False)
     if args.no_schedule:
         kw["schedule"] = None
+    if args.warmup_steps:
+        kw.update(warmup_steps=args.warmup_steps, warmup_batch_size=args.warmup_batch_size,
+                  warmup_lr=args.warmup_lr)
     if args.refine_schedule:
         kw["schedule"] = pyro_kr.Annealing.over(args.steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4),
                                                  beta=1.0)
@@ -435,6 +465,9 @@ def main(argv=None) -> dict:
         if args.trace_every and problem.name == "lotka_volterra":
             tracer = Tracer(problem, guide, args.trace_every)
             kw["callback"] = tracer
+        if args.save_warmup_params:  # not timed: the param store's save is I/O
+            kw["callback"] = WarmupSaver(args.warmup_steps, args.save_warmup_params,
+                                         kw.get("callback"))
         if args.bank_seed is not None:  # the problem's vectorized simulator (timed)
             if args.mode == "reverse" or args.num_simulations is None:
                 raise ValueError("--bank-seed needs --mode forward or hybrid and "
@@ -443,12 +476,17 @@ def main(argv=None) -> dict:
             kw.update(simulations={**u_bank, "y": y_bank}, num_simulations=None)
         history = pyro_kr.fit_amortized(problem.model, guide, **kw)
         traced = 0.0 if tracer is None else tracer.seconds
+        if args.save_warmup_params:
+            traced += kw["callback"].seconds
         facts = {"train_wall_s": round(time.perf_counter() - t0 - traced, 1),
                  "train_cpu_s": round(time.process_time() - c0 - traced, 1),
                  "trace": None if tracer is None else tracer.rows,
                  "steps_run": history.steps, "simulations": history.simulations,
                  "model_evaluations": history.model_evaluations,
-                 "forward_steps": history.forward_steps}
+                 "forward_steps": history.forward_steps,
+                 "warmup_cpu_s": None if tracer is None or not args.warmup_steps else next(
+                     (r["train_cpu_s"] for r in tracer.rows if r["step"] == args.warmup_steps),
+                     None)}
     log(f"trained: {facts}")
     if args.save_params:
         pyro.get_param_store().save(args.save_params)

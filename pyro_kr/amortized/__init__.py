@@ -7,6 +7,7 @@
 - :class:`ImportanceWeightedELBO`: the per-dataset importance-weighted bound;
 - :class:`ReweightedWakeLoss`: the wake-phase ``q`` update of reweighted wake-sleep;
 - :class:`ForwardAnchoredLoss`: reverse objective plus the forward NLL of the step's pairs;
+- :class:`SimulatedForwardLoss`: forward NLL on fresh simulations (reverse mode's warm-up);
 - :class:`StandardizedMLP`: the default embedding of the observations;
 - :class:`PosteriorSampler`: a detached float32 snapshot for fast serving of draws.
 """
@@ -19,6 +20,7 @@ from pyro_kr.amortized.guide import AmortizedKR
 from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO, ReweightedWakeLoss
 from pyro_kr.amortized.sampler import PosteriorSampler
 from pyro_kr.amortized.training import AmortizedHistory, fit_amortized
+from pyro_kr.amortized.warmup import SimulatedForwardLoss
 
 __all__ = [
     "AmortizedHistory",
@@ -27,6 +29,7 @@ __all__ = [
     "ImportanceWeightedELBO",
     "PosteriorSampler",
     "ReweightedWakeLoss",
+    "SimulatedForwardLoss",
     "StandardizedMLP",
     "fit_amortized",
 ]

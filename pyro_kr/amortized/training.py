@@ -34,6 +34,7 @@ from pyro_kr._validation import check_dim
 from pyro_kr.amortized.anchor import ForwardAnchoredLoss
 from pyro_kr.amortized.guide import AmortizedKR
 from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO, ReweightedWakeLoss
+from pyro_kr.amortized.warmup import SimulatedForwardLoss
 from pyro_kr.checkpoint import load_checkpoint, restore_params, snapshot_params
 from pyro_kr.fit import History, fit
 from pyro_kr.objective import Annealing, TransportELBO
@@ -52,6 +53,7 @@ _MAX_EPOCHS = 500  # default cap of the forward phase, in passes over the traini
 _VAL_SMOOTHING = 0.3  # weight of the newest check in the smoothed validation loss
 _MIN_PATIENCE_STEPS = 400  # default floor of the forward patience, in optimizer steps
 _STOP_AFTER_CUTS = 3  # "auto": stop after this many lr cuts without a new best check
+_WARMUP_BATCH = 256  # default batch of reverse mode's forward warm-up (as measured)
 
 
 @dataclass
@@ -67,8 +69,9 @@ class AmortizedHistory(History):
     ``min_patience_steps``), ``stop_after_cuts`` the cut-count stop it used (``None``: none).
     ``simulations`` counts the prior-predictive draws ``(u, y)`` used for training and
     ``model_evaluations`` the evaluations of the model's log density ``log p(u, y)`` (one per
-    dataset and particle per reverse step; none in forward mode). For ``"hybrid"``,
-    ``forward_steps`` is the length of the forward phase (``loss`` holds both phases).
+    dataset and particle per reverse step; none in forward mode or a warm-up). For
+    ``"hybrid"``, ``forward_steps`` is the length of the forward phase, for ``"reverse"`` with
+    ``warmup_steps`` that of the warm-up (``loss`` holds both phases).
     """
 
     mode: str = "reverse"
@@ -209,6 +212,9 @@ def fit_amortized(
     reverse_lr: float | None = None,
     reverse_optim: PyroOptim | None = None,
     forward_weight: float = 0.0,
+    warmup_steps: int = 0,
+    warmup_batch_size: int | None = None,
+    warmup_lr: float | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
@@ -311,6 +317,17 @@ def fit_amortized(
             extra simulation or model evaluation). ``0`` (default): reverse KL alone, which
             turns every error of the amortized network into overconfidence; ``w > 0`` widens
             ``q`` where the network misplaces it (docs/amortized.md, calibration).
+        warmup_steps: ``mode="reverse"`` only: before the ``steps`` reverse steps, this many
+            steps of forward NLL ``-log q(u* | y)`` on fresh prior-predictive pairs
+            (:class:`~pyro_kr.amortized.SimulatedForwardLoss`: new simulations every step, no
+            bank, no model evaluation). ``0`` (default): none. ``history.forward_steps`` is the
+            warm-up's length and ``loss`` holds both phases; the reverse phase's ``schedule``,
+            ``lr`` and ``optim`` start after it, and its callback steps continue the count.
+            Lotka-Volterra: 14,000 warm-up steps then 1,000 of ``objective="rws"``,
+            ``forward_weight=1`` (docs/amortized.md, "Reverse mode with a warm-up").
+        warmup_batch_size: pairs per warm-up step (default 256).
+        warmup_lr: initial learning rate of the warm-up (default 2e-3; ``ClippedAdam``,
+            gradient norm clipped at 10, decaying it 10x over the warm-up).
         progress, checkpoint, checkpoint_every, callback: as in :func:`pyro_kr.fit`.
             Unlike ``fit``, no end-of-training check runs: ``fit``'s check scores one
             posterior, and the reverse objective's model is a fresh batch of simulated
@@ -358,6 +375,7 @@ def fit_amortized(
             f"reverse_steps, reverse_lr and reverse_optim belong to mode='hybrid', got "
             f"mode={mode!r}; use steps, lr and optim"
         )
+    _check_warmup(mode, warmup_steps, warmup_batch_size, warmup_lr, checkpoint)
     if mode == "hybrid":
         half = (steps if steps is not None else _REVERSE_STEPS) // 2
         reverse_steps = max(half, 1) if reverse_steps is None else reverse_steps
@@ -411,6 +429,13 @@ def fit_amortized(
         steps=steps, lr=lr, optim=optim, progress=progress, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, lr_decay=False, check=False,
     )
+    if mode == "reverse" and warmup_steps:
+        return _fit_warmed_reverse(
+            model, guide, args, kwargs, batch_size, schedule, callback, common, objective,
+            num_particles, forward_weight, warmup_steps,
+            _WARMUP_BATCH if warmup_batch_size is None else warmup_batch_size,
+            _FORWARD_LR if warmup_lr is None else warmup_lr,
+        )
     if mode == "reverse":
         return _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
                             objective, num_particles, forward_weight)
@@ -449,6 +474,65 @@ def fit_amortized(
     out.forward_steps, out.lr_cuts = forward.steps, forward.lr_cuts
     out.patience_checks = forward.patience_checks
     out.stop_after_cuts = forward.stop_after_cuts
+    return out
+
+
+def _check_warmup(mode, steps, batch_size, lr, checkpoint) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"warmup_steps must be an int >= 0 (0: no warm-up), got {steps!r}")
+    if steps and mode != "reverse":
+        raise ValueError(f"warmup_steps belongs to mode='reverse' (got mode={mode!r}); "
+                         "mode='hybrid' starts with its own forward phase")
+    if not steps and (batch_size, lr) != (None, None):
+        raise ValueError("warmup_batch_size and warmup_lr configure the warm-up: pass "
+                         "warmup_steps > 0 too")
+    if batch_size is not None and (isinstance(batch_size, bool)
+                                   or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"warmup_batch_size must be an int >= 1, got {batch_size!r}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float)
+                           or not lr > 0):
+        raise ValueError(f"warmup_lr must be a number > 0, got {lr!r}")
+    if steps and checkpoint is not None:
+        raise ValueError("a warm-up does not checkpoint its two phases; run the warm-up "
+                         "without checkpoint=..., or checkpoint a plain mode='reverse' run")
+
+
+def _fit_warmed_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
+                        objective, num_particles, forward_weight, warmup_steps,
+                        warmup_batch, warmup_lr) -> AmortizedHistory:
+    """Forward NLL on fresh pairs for ``warmup_steps``, then the reverse objective."""
+    loss = SimulatedForwardLoss(model, guide, args, kwargs, warmup_batch)
+    optim = pyro.optim.ClippedAdam({"lr": warmup_lr, "lrd": 0.1 ** (1 / warmup_steps)})
+
+    def register(*a, **k) -> None:
+        guide.networks()  # point the networks at the param store's values
+
+    stopped = []
+
+    def first(step: int, record: dict[str, float]) -> bool:
+        stopped.append(bool(callback(step, record)) if callback is not None else False)
+        return stopped[-1]
+
+    warm = fit(_noop, register, loss=loss, callback=first,
+               **{**common, "steps": warmup_steps, "lr": None, "optim": optim})
+    if stopped and stopped[-1]:  # the callback stopped the warm-up: no reverse phase
+        out = AmortizedHistory(**warm.state_dict(), mode="reverse")
+        out.simulations, out.forward_steps = loss.simulations, warm.steps
+        return out
+
+    def shifted(step: int, record: dict[str, float]) -> bool | None:
+        return callback(warmup_steps + step, record) if callback is not None else None
+
+    reverse = _fit_reverse(model, guide, args, kwargs, batch_size, schedule, shifted, common,
+                           objective, num_particles, forward_weight)
+    out = AmortizedHistory(
+        loss=warm.loss + reverse.loss, elbo=warm.elbo + reverse.elbo,
+        eps=warm.eps + reverse.eps, lam=warm.lam + reverse.lam,
+        seconds=warm.seconds + reverse.seconds, mode="reverse",
+    )
+    out.simulations = loss.simulations + reverse.simulations
+    out.model_evaluations = reverse.model_evaluations
+    out.forward_steps = warm.steps
     return out
 
 

@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pyro
@@ -31,11 +31,37 @@ from pyro_kr.checkpoint import (
 from pyro_kr.history import TrainingHistory
 from pyro_kr.traces import guess_plate_nesting
 
-__all__ = ["DECAY_TO", "History", "NonFiniteLossError", "fit"]
+__all__ = [
+    "DECAY_TO",
+    "PLATEAU_LATEST",
+    "PLATEAU_MIN_WINDOW",
+    "PLATEAU_WINDOW",
+    "PLATEAU_Z",
+    "History",
+    "NonFiniteLossError",
+    "fit",
+    "loss_plateaued",
+]
 
 DECAY_TO = 0.01
 """``fit``'s end game with an annealing schedule: after the ramp ends, Adam's learning rate
 decays geometrically to this fraction of its start by the last step (``lr_decay``)."""
+
+PLATEAU_WINDOW = 0.025
+"""``fit(lr_decay_from="plateau")``: each of the two windows of losses that
+:func:`loss_plateaued` compares is this fraction of the steps (at least
+``PLATEAU_MIN_WINDOW`` steps)."""
+
+PLATEAU_MIN_WINDOW = 5
+"""The shortest window of ``lr_decay_from="plateau"``'s test, in steps."""
+
+PLATEAU_Z = 1.0
+"""``lr_decay_from="plateau"``: the loss still improves while the mean of the last window is
+below the mean of the window before by more than this many standard errors."""
+
+PLATEAU_LATEST = 0.85
+"""``lr_decay_from="plateau"``: the latest start of the decay, as a fraction of the steps (the
+decay always has the last 15 % of the steps)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,6 +84,10 @@ class History(TrainingHistory):
             ``seconds`` and, for a restart stopped by a NaN loss, ``error``; empty otherwise.
             The per-step fields above are the chosen restart's.
         chosen_restart: the index of the restart kept (``None`` without restarts).
+        lr_decay_start: the step from which ``fit``'s Adam decayed its lr (the first step of
+            the decay, still at the full ``lr``; ``lr_decay`` / ``lr_decay_from``), ``None``
+            for a constant lr (or, with ``lr_decay_from="plateau"``, a run stopped before the
+            rule decided).
     """
 
     elbo: list[float] = field(default_factory=list)
@@ -65,6 +95,7 @@ class History(TrainingHistory):
     lam: list[float] = field(default_factory=list)
     restarts: list[dict] = field(default_factory=list)
     chosen_restart: int | None = None
+    lr_decay_start: int | None = None
 
     def append(self, record: dict[str, float]) -> None:
         """Record one step (``record`` has ``loss`` and optionally ``elbo``, ``eps``, ``lam``)."""
@@ -104,26 +135,78 @@ def _resolve_optim(lr: float | None, optim: PyroOptim | None) -> PyroOptim:
 
 
 def _check_decay_from(lr_decay_from) -> None:
-    """Refuse an ``lr_decay_from`` that is not a fraction of the steps in ``(0, 1)``."""
+    """Refuse an ``lr_decay_from`` that is neither a fraction of the steps in ``(0, 1)`` nor
+    ``"plateau"``."""
     if lr_decay_from is None:
+        return
+    if isinstance(lr_decay_from, str):
+        if lr_decay_from != "plateau":
+            raise ValueError(
+                f"lr_decay_from={lr_decay_from!r} is not a known rule: pass 'plateau' (decay "
+                "once the annealing ramp has ended and the loss stopped improving), a fraction "
+                "of the steps in (0, 1) such as 0.85, or leave it unset"
+            )
         return
     if isinstance(lr_decay_from, bool) or not isinstance(lr_decay_from, (int, float)):
         raise TypeError(
-            f"lr_decay_from must be None or a float in (0, 1), got {lr_decay_from!r}"
+            f"lr_decay_from must be None or a float in (0, 1), or the string 'plateau', got "
+            f"{lr_decay_from!r}"
         )
     if not 0.0 < lr_decay_from < 1.0:
         raise ValueError(
             f"lr_decay_from must lie in (0, 1), got {lr_decay_from!r}: it is the fraction of "
             "the steps after which fit's Adam starts its decay (e.g. lr_decay_from=0.85 holds "
             "the lr for 85 % of the steps, then decays it to 1 % by the last step); pass "
+            "lr_decay_from='plateau' to start it once the loss stops improving, "
             "lr_decay=False for a constant lr, or leave it unset to decay after the annealing "
             "ramp"
         )
 
 
+def loss_plateaued(losses: Sequence[float], window: int, z: float = PLATEAU_Z) -> bool:
+    """Whether the last ``2 * window`` losses show no improvement: ``fit``'s plateau test.
+
+    With ``a`` the mean of the window before the last and ``b`` the mean of the last window
+    (each ``window`` losses), and ``se = sqrt(var_a / window + var_b / window)`` the standard
+    error of ``a - b`` from the two windows' sample variances (the losses are noisy
+    estimates: Monte Carlo particles and Adam's jitter), the loss has stopped improving when
+    ``a - b <= z * se``: the fall over the last window is within ``z`` standard errors of none.
+
+    Args:
+        losses: the losses so far, oldest first (a sequence of floats, length
+            ``>= 2 * window``; only the last ``2 * window`` are read).
+        window: the window length in steps, ``>= 2``.
+        z: the threshold in standard errors (default :data:`PLATEAU_Z`).
+
+    Example:
+        >>> loss_plateaued([5.0, 4.0, 3.0, 2.0], window=2)  # still falling
+        False
+        >>> loss_plateaued([2.0, 2.2, 2.1, 2.0], window=2)
+        True
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise ValueError(f"window must be an int >= 2, got {window!r}")
+    if len(losses) < 2 * window:
+        raise ValueError(
+            f"loss_plateaued compares two windows of {window} losses and got {len(losses)}; "
+            f"pass at least {2 * window}"
+        )
+    tail = [float(v) for v in losses[len(losses) - 2 * window:]]
+    before, last = tail[:window], tail[window:]
+    mean_a, mean_b = math.fsum(before) / window, math.fsum(last) / window
+    var_a = math.fsum((v - mean_a) ** 2 for v in before) / (window - 1)
+    var_b = math.fsum((v - mean_b) ** 2 for v in last) / (window - 1)
+    return mean_a - mean_b <= z * math.sqrt((var_a + var_b) / window)
+
+
+def _plateau_window(steps: int) -> int:
+    """The window of ``lr_decay_from="plateau"``'s test for a run of ``steps`` steps."""
+    return max(PLATEAU_MIN_WINDOW, math.ceil(PLATEAU_WINDOW * steps))
+
+
 def _decay_plan(
     lr_decay: bool | None, optim: PyroOptim | None, schedule, steps: int,
-    lr_decay_from: float | None = None,
+    lr_decay_from: float | str | None = None,
 ) -> int | None:
     """The step from which ``fit`` decays its own Adam's lr, or ``None`` for a constant lr.
 
@@ -131,7 +214,9 @@ def _decay_plan(
     (no ``optim``) and the loss anneals (a schedule with a ramp of ``steps`` steps) that ends
     before the last step; ``True`` requires all of it; ``False`` never decays.
     ``lr_decay_from`` (a fraction in ``(0, 1)``) decays from step ``int(lr_decay_from *
-    steps)`` instead of the ramp's end, with or without a schedule (``fit``'s own Adam only).
+    steps)`` instead of the ramp's end, with or without a schedule (``fit``'s own Adam only);
+    ``"plateau"`` returns its latest start, ``int(PLATEAU_LATEST * steps)`` (``fit`` starts
+    earlier where the loss stopped improving).
     """
     if lr_decay is not None and not isinstance(lr_decay, bool):
         raise TypeError(f"lr_decay must be None, True or False, got {lr_decay!r}")
@@ -148,6 +233,8 @@ def _decay_plan(
                 "decaying optimizer yourself (e.g. pyro.optim.LambdaLR) or pass lr= instead "
                 "of optim="
             )
+        if lr_decay_from == "plateau":
+            return int(PLATEAU_LATEST * steps)
         return int(lr_decay_from * steps)
     ramp = getattr(schedule, "steps", None)
     usable = (optim is None and isinstance(ramp, int) and not isinstance(ramp, bool)
@@ -321,7 +408,7 @@ def fit(
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     check: bool = True,
     lr_decay: bool | None = None,
-    lr_decay_from: float | None = None,
+    lr_decay_from: float | str | None = None,
     restarts: int = 1,
     restart_draws: int = 1000,
     **kwargs,
@@ -353,7 +440,14 @@ def fit(
             as ``lr_decay`` says (70 % of the steps with ``Annealing.over(steps)``; the same
             as ``lr_decay_from=0.7`` there). A later start gives the fit more untempered steps
             at full ``lr`` after a tempering ramp: ``0.85`` fixes the lag of a large hierarchy
-            (docs/hierarchical.md). Refused with ``lr_decay=False`` or ``optim=``.
+            (docs/hierarchical.md). ``"plateau"``: an adaptive start. The decay starts at the
+            first step, after the annealing ramp has ended (from the first step without a
+            schedule), at which the loss has stopped improving: the mean loss of the last
+            window is within ``PLATEAU_Z`` (1) standard errors of the window's before
+            (:func:`loss_plateaued`; windows of ``PLATEAU_WINDOW`` = 2.5 % of the steps, at
+            least 5), and at the latest at ``PLATEAU_LATEST`` (85 %) of the steps, so the
+            decay always has room; the step chosen is ``History.lr_decay_start``. Refused
+            with ``lr_decay=False`` or ``optim=``.
         restarts: train this many times from the same start (each run ``steps`` steps with a
             fresh Adam, the schedule rewound and its own random stream) and keep the run with
             the best held-out ELBO (``restart_draws`` guide draws with one fixed seed;
@@ -392,7 +486,8 @@ def fit(
             to their values before that step.
         ValueError: ``steps < 1``, a loss with ``num_particles < 1``, observed data holding
             NaN/inf, a checkpoint path that cannot be written, a checkpoint past ``steps``,
-            ``lr_decay_from`` outside ``(0, 1)`` (or with ``lr_decay=False`` / ``optim``), or
+            ``lr_decay_from`` neither in ``(0, 1)`` nor ``"plateau"`` (or with
+            ``lr_decay=False`` / ``optim``), or
             ``restarts`` / ``restart_draws`` that are not usable (see above); all raised
             before the first step.
 
@@ -435,11 +530,33 @@ def fit(
         check_writable(checkpoint)
     schedule = getattr(loss, "schedule", None)
     decay_from = _decay_plan(lr_decay, optim, schedule, steps, lr_decay_from)
+    plateau = None  # lr_decay_from="plateau": (earliest start, window); decay_from the latest
+    if lr_decay_from == "plateau":
+        ramp = getattr(schedule, "steps", None)
+        usable = isinstance(ramp, int) and not isinstance(ramp, bool) and ramp >= 1
+        plateau = (min(ramp if usable else 0, decay_from), _plateau_window(steps))
     base_lr = 1e-2 if lr is None else lr
     optim = _resolve_optim(lr, optim)
     svi = SVI(model, guide, optim, loss)
-    history = History()
+    history = History(lr_decay_start=None if plateau else decay_from)
     start = 0
+
+    def decide(step: int) -> None:
+        """``lr_decay_from="plateau"``: start the decay at ``step`` once the ramp has ended
+        and the loss stopped improving (:func:`loss_plateaued`), or at the latest start."""
+        if plateau is None or history.lr_decay_start is not None:
+            return
+        earliest, window = plateau
+        if step >= decay_from or (
+            step - earliest >= 2 * window
+            and loss_plateaued(history.loss[step - 2 * window:step], window)
+        ):
+            history.lr_decay_start = step
+
+    def lr_at(step: int) -> float:
+        if history.lr_decay_start is None:  # "plateau" before its decision
+            return base_lr
+        return _decayed_lr(base_lr, step, history.lr_decay_start, steps)
 
     if checkpoint is not None and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint)
@@ -457,15 +574,17 @@ def fit(
                 # The uninterrupted run guessed this at step 0, before the RNG state we restore.
                 guess_plate_nesting(loss, model, guide, args, kwargs)
         restore_params(state["params"], strict=True)
+        history = History.from_state_dict(state["history"])
+        start = int(state["step"])
+        if plateau is None:  # a checkpoint written before History.lr_decay_start existed
+            history.lr_decay_start = decay_from
         if decay_from is not None:  # the saved lr is the previous step's
-            _set_lr(optim, _decayed_lr(base_lr, int(state["step"]), decay_from, steps),
-                    state["optim"])
+            decide(start)
+            _set_lr(optim, lr_at(start), state["optim"])
         optim.set_state(state["optim"])
         if schedule is not None and state.get("schedule") is not None:
             schedule.load_state_dict(state["schedule"])
-        history = History.from_state_dict(state["history"])
         set_rng_state(state["rng"])
-        start = int(state["step"])
     parallel = distributed.setup()
     if parallel:  # under torchrun: DDP averages the gradients of every rank's share
         svi = _parallel_svi(model, guide, optim, loss, args, kwargs)
@@ -492,7 +611,8 @@ def fit(
     try:
         for step in range(start, steps):
             if decay_from is not None:
-                _set_lr(optim, _decayed_lr(base_lr, step, decay_from, steps))
+                decide(step)
+                _set_lr(optim, lr_at(step))
             with quiet_plate_guess():
                 value = svi.step(*args, **kwargs)
             if parallel:

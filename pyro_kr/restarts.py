@@ -91,7 +91,7 @@ def fit_restarts(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, *,
     restarts: int, num_draws: int, loss, steps: int, lr: float | None,
     lr_decay: bool | None, progress: bool, callback: Callable | None, check: bool,
-    lr_decay_from: float | None = None,
+    lr_decay_from: float | str | None = None,
 ):
     """``restarts`` runs of :func:`pyro_kr.fit` (each a single run without the end check) from
     the same start; keep the one with the best :func:`heldout_elbo`. Called by ``fit`` with

@@ -21,6 +21,7 @@ fit_module = importlib.import_module("pyro_kr.fit")
 DT = torch.float64
 Y = torch.tensor([0.8, -0.3, 1.1], dtype=DT)
 LR = 1e-2
+LAST = {}  # the History of the last _run
 
 
 def model(y):
@@ -52,6 +53,7 @@ def _run(monkeypatch, steps=200, loss=None, **options):
     history = fit(model, guide, Y, loss=loss, steps=steps, lr=LR, progress=False, check=False,
                   callback=callback, **options)
     assert all(len(s) == 1 for s in lrs)  # every parameter at the same lr
+    LAST["history"] = history
     final = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
     return [s.pop() for s in lrs], history.loss, final, made
 
@@ -64,6 +66,7 @@ def _expected(steps, start):
 def test_the_default_still_decays_from_the_ramp_end_and_0_7_is_the_same(monkeypatch):
     lrs, losses, final, _ = _run(monkeypatch)  # Annealing.over(200): ramp of 140 steps
     assert lrs == _expected(200, 140)
+    assert LAST["history"].lr_decay_start == 140
     assert lrs[139] == LR and lrs[141] < LR
     assert lrs[-1] == pytest.approx(LR * DECAY_TO ** (59 / 60))
     same, same_losses, same_final, _ = _run(monkeypatch, lr_decay_from=0.7)
@@ -75,7 +78,7 @@ def test_the_default_still_decays_from_the_ramp_end_and_0_7_is_the_same(monkeypa
 def test_the_decay_starts_where_asked(monkeypatch):
     default_lrs, default_losses, _, _ = _run(monkeypatch)
     lrs, losses, _, _ = _run(monkeypatch, lr_decay_from=0.85)
-    assert lrs == _expected(200, 170)
+    assert lrs == _expected(200, 170) and LAST["history"].lr_decay_start == 170
     assert set(lrs[:171]) == {LR} and lrs[171] < LR
     ratios = [b / a for a, b in zip(lrs[170:-1], lrs[171:], strict=True)]
     assert ratios == pytest.approx([DECAY_TO ** (1 / 30)] * 29, rel=1e-12)  # geometric
@@ -106,11 +109,22 @@ def test_values_outside_0_1_are_refused_with_the_fix(bad):
     assert not list(pyro.get_param_store().keys())  # refused before anything was built
 
 
-@pytest.mark.parametrize("bad", [True, "0.85", torch.tensor(0.85)])
+@pytest.mark.parametrize("bad", [True, torch.tensor(0.85), [0.85]])
 def test_non_numbers_are_refused(bad):
     guide = AutoKR(model, map="affine")
-    with pytest.raises(TypeError, match="lr_decay_from must be None or a float"):
+    with pytest.raises(TypeError, match="lr_decay_from must be None or a float.*'plateau'"):
         fit(model, guide, Y, steps=5, progress=False, lr_decay_from=bad)
+
+
+@pytest.mark.parametrize("bad", ["0.85", "Plateau", "auto", ""])
+def test_unknown_rules_are_refused_with_the_choices(bad):
+    pyro.clear_param_store()
+    guide = AutoKR(model, map="affine")
+    with pytest.raises(ValueError, match=r"not a known rule: pass 'plateau'.*0\.85"):
+        fit(model, guide, Y, steps=5, progress=False, lr_decay_from=bad)
+    with pytest.raises(ValueError, match="not a known rule"):
+        fit(model, guide, Y, steps=5, progress=False, lr_decay_from=bad, restarts=2)
+    assert not list(pyro.get_param_store().keys())
 
 
 def test_contradictions_are_refused():
@@ -122,3 +136,9 @@ def test_contradictions_are_refused():
     with pytest.raises(ValueError, match="decays fit's own Adam.*LambdaLR"):
         fit(model, guide, Y, loss=loss, steps=5, progress=False, optim=Adam({"lr": LR}),
             lr_decay_from=0.85)
+    with pytest.raises(ValueError, match="lr_decay=False keeps the lr constant"):
+        fit(model, guide, Y, loss=loss, steps=5, progress=False, lr_decay=False,
+            lr_decay_from="plateau")
+    with pytest.raises(ValueError, match="decays fit's own Adam"):
+        fit(model, guide, Y, loss=loss, steps=5, progress=False, optim=Adam({"lr": LR}),
+            lr_decay_from="plateau")

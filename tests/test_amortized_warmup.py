@@ -58,6 +58,8 @@ def test_warmup_evaluates_no_model_density_and_counts_its_simulations():
     assert h.forward_steps == 4 and h.steps == 7 and len(h.loss) == 7
     assert h.simulations == 4 * 32 + 3 * 8
     assert h.model_evaluations == 3 * 8  # reverse phase only (one particle)
+    # the reverse phase is a refinement: the default schedule's cost starts small (lam 1e2)
+    assert h.lam[4] == pytest.approx(100.0)
 
 
 def test_warmup_alone_recovers_the_exact_linear_gaussian_posterior():

@@ -163,7 +163,7 @@ def _noop(*args, **kwargs) -> None:
     return None
 
 
-def _resolve_schedule(schedule, steps: int, mode: str):
+def _resolve_schedule(schedule, steps: int, mode: str, refine: bool = False):
     if mode == "forward":
         if schedule not in (None, "default"):
             raise ValueError(
@@ -173,7 +173,7 @@ def _resolve_schedule(schedule, steps: int, mode: str):
         return None
     # beta=1.0: the amortized objectives do not temper the likelihood (the iwae / rws ones
     # refuse a beta ramp), so the default schedule is Annealing.over's without it.
-    if schedule == "default" and mode == "hybrid":  # refine: the cost starts small
+    if schedule == "default" and (mode == "hybrid" or refine):  # refine: the cost starts small
         return Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4), beta=1.0)
     if schedule == "default":
         return Annealing.over(steps, beta=1.0)
@@ -321,8 +321,11 @@ def fit_amortized(
             steps of forward NLL ``-log q(u* | y)`` on fresh prior-predictive pairs
             (:class:`~pyro_kr.amortized.SimulatedForwardLoss`: new simulations every step, no
             bank, no model evaluation). ``0`` (default): none. ``history.forward_steps`` is the
-            warm-up's length and ``loss`` holds both phases; the reverse phase's ``schedule``,
-            ``lr`` and ``optim`` start after it, and its callback steps continue the count.
+            warm-up's length and ``loss`` holds both phases. The reverse phase after it is a
+            refinement, as ``"hybrid"``'s: ``schedule="default"`` anneals ``eps`` 1e-2 -> 1e-3
+            and ``lam`` 1e2 -> 1e4, and without ``optim`` the learning rate (``lr``, default
+            1e-3) decays 10x over the ``steps`` (``ClippedAdam``); its callback steps continue
+            the warm-up's count.
             Lotka-Volterra: 14,000 warm-up steps then 1,000 of ``objective="rws"``,
             ``forward_weight=1`` (docs/amortized.md, "Reverse mode with a warm-up").
         warmup_batch_size: pairs per warm-up step (default 256).
@@ -422,7 +425,8 @@ def fit_amortized(
     if mode == "reverse" and (ema_decay is not None or weight_decay):
         raise ValueError("ema_decay and weight_decay belong to the forward phase "
                          "(mode='forward' or 'hybrid'); mode='reverse' takes optim=...")
-    schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode)
+    schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode,
+                                 refine=bool(warmup_steps))
     guide.setup(*args, **kwargs)
     common = dict(  # lr_decay=False: the amortized phases keep their own lr rules;
         # check=False: fit's check scores one posterior, not a batch of simulated datasets
@@ -430,6 +434,9 @@ def fit_amortized(
         checkpoint_every=checkpoint_every, lr_decay=False, check=False,
     )
     if mode == "reverse" and warmup_steps:
+        if optim is None:  # a refinement, as hybrid's reverse phase: 10x decay over the steps
+            common.update(lr=None, optim=pyro.optim.ClippedAdam(
+                {"lr": 1e-3 if lr is None else lr, "lrd": 0.1 ** (1 / steps)}))
         return _fit_warmed_reverse(
             model, guide, args, kwargs, batch_size, schedule, callback, common, objective,
             num_particles, forward_weight, warmup_steps,

@@ -211,6 +211,7 @@ def fit_amortized(
     reverse_steps: int | None = None,
     reverse_lr: float | None = None,
     reverse_optim: PyroOptim | None = None,
+    reverse_batch_size: int | None = None,
     forward_weight: float = 0.0,
     warmup_steps: int = 0,
     warmup_batch_size: int | None = None,
@@ -311,6 +312,11 @@ def fit_amortized(
         reverse_lr, reverse_optim: initial learning rate (default: a tenth of ``lr`` when it
             is given, else 1e-3; ``ClippedAdam`` decaying it 10x over the phase) or
             optimizer of the hybrid reverse phase.
+        reverse_batch_size: ``mode="hybrid"``: datasets per reverse step (default
+            ``batch_size``, the forward phase's pairs per step); each step evaluates the model
+            ``reverse_batch_size * num_particles`` times. E.g. ``objective="rws"``: the forward
+            phase at ``batch_size=256``, the refinement at ``reverse_batch_size=32`` with 8
+            particles (docs/amortized.md, hybrid).
         forward_weight: reverse (and hybrid's reverse phase): weight ``w`` of a mass-covering
             anchor, the forward NLL ``-log q(u* | y)`` of the step's own simulated pairs added
             to the reverse objective (:class:`~pyro_kr.amortized.ForwardAnchoredLoss`; no
@@ -373,16 +379,19 @@ def fit_amortized(
     if mode == "forward" and forward_weight:
         raise ValueError("forward_weight anchors the reverse objective; mode='forward' is "
                          "the forward objective already: leave forward_weight at 0")
-    if mode != "hybrid" and (reverse_steps, reverse_lr, reverse_optim) != (None, None, None):
+    if mode != "hybrid" and (reverse_steps, reverse_lr, reverse_optim,
+                             reverse_batch_size) != (None, None, None, None):
         raise ValueError(
-            f"reverse_steps, reverse_lr and reverse_optim belong to mode='hybrid', got "
-            f"mode={mode!r}; use steps, lr and optim"
+            f"reverse_steps, reverse_lr, reverse_optim and reverse_batch_size belong to "
+            f"mode='hybrid', got mode={mode!r}; use steps, lr, optim and batch_size"
         )
     _check_warmup(mode, warmup_steps, warmup_batch_size, warmup_lr, checkpoint)
     if mode == "hybrid":
         half = (steps if steps is not None else _REVERSE_STEPS) // 2
         reverse_steps = max(half, 1) if reverse_steps is None else reverse_steps
         check_dim("reverse_steps", reverse_steps)
+        reverse_batch_size = batch_size if reverse_batch_size is None else reverse_batch_size
+        check_dim("reverse_batch_size", reverse_batch_size)
         if checkpoint is not None:
             raise ValueError(
                 "mode='hybrid' does not checkpoint its two phases; run mode='forward' and then "
@@ -467,8 +476,8 @@ def fit_amortized(
     def shifted(step: int, record: dict[str, float]) -> bool | None:
         return callback(offset + step, record) if callback is not None else None
 
-    reverse = _fit_reverse(model, guide, args, kwargs, batch_size, schedule, shifted, common,
-                           objective, num_particles, forward_weight)
+    reverse = _fit_reverse(model, guide, args, kwargs, reverse_batch_size, schedule, shifted,
+                           common, objective, num_particles, forward_weight)
     out = AmortizedHistory(
         loss=forward.loss + reverse.loss, elbo=forward.elbo + reverse.elbo,
         eps=forward.eps + reverse.eps, lam=forward.lam + reverse.lam,

@@ -14,6 +14,9 @@ Same model, data and exact quadrature reference as ``benchmarks/hierarchical.py`
   held until ``F`` of the steps (not the ramp's end), then decayed geometrically to 1 % by the
   last step (``--decay-from 0.7`` reproduces the default bit for bit). Rows before 2026-12-05
   16:00 UTC wrote the same lr out in a callback (a rerun with the knob reproduces them).
+  ``--decay-from plateau``: ``fit(..., lr_decay_from="plateau")``, the decay from where the
+  loss stopped improving after the ramp (at the latest 85 %); rows since 2026-12-05 17:00 UTC
+  record the step the decay started (``lr_decay_start``).
 
 Every ``--every`` steps (and at step 1) it records ``beta``, ``lam``, ``eps``, the ELBO,
 ``cost / lam`` and the mean / sd of ``log tau`` (and the mean of ``mu``) of 1,000 guide draws
@@ -68,9 +71,9 @@ p.add_argument("--beta-frac", type=float, default=None,
                help="beta ramp over this fraction of steps")
 p.add_argument("--beta-kind", default="geometric")
 p.add_argument("--output", type=Path, default=RESULTS)
-p.add_argument("--decay-from", type=float, default=None,
+p.add_argument("--decay-from", type=lambda v: v if v == "plateau" else float(v), default=None,
                help="fit(lr_decay_from=F): lr held until this fraction of steps, then decayed "
-                    "to 1 %%")
+                    "to 1 %%; 'plateau': from where the loss stopped improving after the ramp")
 a = p.parse_args()
 torch.set_num_threads(1)
 
@@ -113,9 +116,9 @@ def cb(step, rec):
 c0 = time.process_time()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    pyro_kr.fit(H.model, guide, y, sigma, loss=loss, steps=a.steps, progress=False, check=False,
-                lr_decay=False if a.no_decay else None, lr_decay_from=a.decay_from,
-                callback=cb)
+    history = pyro_kr.fit(H.model, guide, y, sigma, loss=loss, steps=a.steps, progress=False,
+                          check=False, lr_decay=False if a.no_decay else None,
+                          lr_decay_from=a.decay_from, callback=cb)
 cpu = time.process_time() - c0
 pyro.set_rng_seed(a.seed)
 gd, t = H.draws_of(guide, y, sigma, 4000)
@@ -124,7 +127,7 @@ row = {"tag": a.tag, **{k: (str(v) if isinstance(v, Path) else v) for k, v in va
        "command": (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python "
                    + shlex.join(sys.argv)),
        "order_used": list(guide.order),
-       "train_cpu_s": round(cpu, 1),
+       "train_cpu_s": round(cpu, 1), "lr_decay_start": history.lr_decay_start,
        "w2_globals": round(H.w2_2d(gd[:1000], ref_g[:1000]), 4),
        "mean_lt": round(float(gd[:, 1].mean()), 4), "sd_lt": round(float(gd[:, 1].std()), 4),
        "ref_mean_lt": round(float(ref_g[:, 1].mean()), 4),

@@ -227,7 +227,7 @@ def split(budget: int, fraction: float) -> dict:
 
 
 def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo",
-              forward_weight: float = 0.0, scorer=None) -> tuple:
+              forward_weight: float = 0.0, scorer=None, lr: float | None = None) -> tuple:
     """The reverse phase of ``mode="hybrid"``, run on the trained ``forward`` guide.
 
     ``fit_amortized(mode="hybrid")`` is its forward phase followed by exactly this phase (the
@@ -239,7 +239,8 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
     ``--hybrid-trace-at`` (fixed seeds, the RNG state restored; their CPU is not counted).
     """
     steps = args.hybrid_reverse_steps
-    optim = pyro.optim.ClippedAdam({"lr": args.lr_reverse, "lrd": 0.1 ** (1 / steps)})
+    lr = args.lr_reverse if lr is None else lr
+    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps)})
     schedule = pyro_kr.Annealing.over(steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4), beta=1.0)
     pyro.set_rng_seed(forward_facts["seed"] + 7_919)
     particles = 8 if objective in ("iwae", "rws") else 1
@@ -277,7 +278,7 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
         "forward_cpu_seconds": forward_facts["train_cpu_seconds"],
         "objective": objective, "forward_weight": forward_weight,
         "reverse_batch_size": max(1, args.batch_forward // particles),
-        "num_particles": particles, "reverse_lr": args.lr_reverse})
+        "num_particles": particles, "reverse_lr": lr})
     if trace_at:
         facts.update(trace=trace, trace_cpu_seconds=trace_cpu[0])
     return kr_draw(guide, problem.observation(0), problem.param_names), facts, guide
@@ -385,7 +386,9 @@ def run(args, save=None) -> dict:
             u, y = problem.simulate(budget, seed=10_000 + seed)
             bank = {**u, "y": y}
             kept = {}  # the forward guide (and its state), continued by the hybrid rows
-            for method in args.methods:
+            tasks = [(m, lr) for m in args.methods for lr in (
+                (args.hybrid_reverse_lrs or [None]) if m == "hybrid_rws" else [None])]
+            for method, lr in tasks:  # hybrid_rws: one row per --hybrid-reverse-lrs
                 if method == "reverse" or method in skipped:
                     continue
                 if method.startswith("hybrid") and "forward" in kept:
@@ -393,8 +396,8 @@ def run(args, save=None) -> dict:
                     guide.load_state_dict(state)  # in place: the param store sees it
                     objective = {"hybrid_iwae": "iwae", "hybrid_rws": "rws"}.get(method, "elbo")
                     weight = args.hybrid_forward_weight if method == "hybrid_rws" else 0.0
-                    fn = lambda g=guide, f=facts, o=objective, w=weight: refine_kr(  # noqa: E731
-                        problem, g, f, args, o, w, scorer)
+                    fn = lambda g=guide, f=facts, o=objective, w=weight, r=lr: (  # noqa: E731
+                        refine_kr(problem, g, f, args, o, w, scorer, r))
                 elif method in ("hybrid_iwae", "hybrid_rws"):
                     raise ValueError(f"{method} continues the forward row: list forward first")
                 elif method in ("forward", "hybrid"):
@@ -458,6 +461,8 @@ def label(row: dict) -> str:
     'forward (defaults, 50% val.)'
     """
     marks = ["defaults"] if row.get("forward_defaults") else []
+    if row.get("continued_forward_row") and row.get("reverse_lr", 1e-3) != 1e-3:
+        marks.append(f"reverse lr {row['reverse_lr']:g}")
     if row.get("kr_dtype", "float64") != "float64":
         marks.append(row["kr_dtype"])
     n_val, budget = row.get("validation_simulations"), row.get("budget")
@@ -617,6 +622,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hybrid-reverse-steps", type=int, default=1_000)
     parser.add_argument("--hybrid-forward-weight", type=float, default=1.0,
                         help="hybrid_rws: forward_weight of its reverse phase")
+    parser.add_argument("--hybrid-reverse-lrs", type=float, nargs="+", default=None,
+                        help="hybrid_rws: one refinement (row) per reverse learning rate, each "
+                             "from the same forward guide (default: --lr-reverse)")
     parser.add_argument("--hybrid-trace-at", type=int, nargs="*", default=None,
                         help="hybrid_rws: also score the guide at these reverse steps")
     parser.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")

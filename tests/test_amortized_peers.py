@@ -109,10 +109,15 @@ def test_smoke_hybrid_rws_continues_forward_with_the_anchor_and_counts_evaluatio
     bench = _load()
     payload = bench.main(["--smoke", "--methods", "forward", "hybrid_rws",
                           "--hybrid-trace-at", "2", "--sbc-datasets", "10",
+                          "--hybrid-reverse-lrs", "1e-3", "1e-4",
                           "--sbc-methods", "hybrid_rws", "--out", str(tmp_path / "p.json"),
                           "--plot-dir", str(tmp_path / "plots")])
-    rows = {r["method"]: r for r in payload["rows"]}
+    rows = {bench.label(r): r for r in payload["rows"]}
     hyb, fwd = rows["hybrid_rws"], rows["forward"]
+    # one refinement per reverse lr, each from the forward row's guide, labelled apart
+    other = rows["hybrid_rws (reverse lr 0.0001)"]
+    assert (hyb["reverse_lr"], other["reverse_lr"]) == (1e-3, 1e-4)
+    assert other["forward_steps"] == fwd["steps"] and other["w2"] != hyb["w2"]
     assert hyb["continued_forward_row"] and hyb["forward_steps"] == fwd["steps"] == 3
     assert (hyb["objective"], hyb["forward_weight"], hyb["num_particles"]) == ("rws", 1.0, 8)
     # 3 reverse steps of 32 // 8 = 4 datasets x 8 particles; the bank's 200 plus 3 x 4 y

@@ -332,7 +332,7 @@ def fit_amortized(
             and ``lam`` 1e2 -> 1e4, and without ``optim`` the learning rate (``lr``, default
             1e-3) decays 10x over the ``steps`` (``ClippedAdam``); its callback steps continue
             the warm-up's count.
-            Lotka-Volterra: 14,000 warm-up steps then 1,000 of ``objective="rws"``,
+            Lotka-Volterra: 13,000 warm-up steps then 1,000 of ``objective="rws"``,
             ``forward_weight=1`` (docs/amortized.md, "Reverse mode with a warm-up").
         warmup_batch_size: pairs per warm-up step (default 256).
         warmup_lr: initial learning rate of the warm-up (default 2e-3; ``ClippedAdam``,

@@ -70,14 +70,26 @@ def train(model, guide, mode: str, args, *, steps: int, lr: float, batch_size: i
     schedule = None if mode == "forward" or args.reverse_schedule == "none" else "default"
     options = dict(steps=steps, optim=optim, validate_every=args.validate_every,
                    patience=args.patience)
-    if mode == "forward" and args.forward_defaults:  # fit_amortized's own forward defaults
+    if mode != "reverse" and args.forward_defaults:  # fit_amortized's own defaults
         options = {}
+    options.update(fit_options(getattr(args, "option", None)))
     t0 = time.perf_counter()
     history = pyro_kr.fit_amortized(
         model, guide, mode=mode, batch_size=batch_size, num_simulations=num_simulations,
         progress=args.progress, schedule=schedule, **options,
     )
     return history, time.perf_counter() - t0
+
+
+def fit_options(options: list[str] | None) -> dict:
+    """``--option NAME=VALUE`` -> extra ``fit_amortized`` keywords (JSON values)."""
+    out = {}
+    for option in options or []:
+        name, sep, value = option.partition("=")
+        if not sep:
+            raise ValueError(f"--option takes NAME=VALUE, got {option!r}")
+        out[name] = json.loads(value)
+    return out
 
 
 def time_draws(guide, y, repeats: int) -> dict:
@@ -269,7 +281,8 @@ def linear_gaussian(mode: str, args) -> dict:
             "best_step": getattr(history, "best_step", None),
             "lr_cuts": getattr(history, "lr_cuts", None),
             "num_simulations": args.num_simulations if fwd else None,
-            "forward_defaults": bool(args.forward_defaults and mode == "forward"),
+            "forward_defaults": bool(args.forward_defaults and mode != "reverse"),
+            "options": fit_options(getattr(args, "option", None)),
             "targets": {"within_1.5x_floor": ratio < 1.5}}
 
 
@@ -385,9 +398,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--validate-every", type=int, default=200)
     parser.add_argument("--patience", type=int, default=20)
     parser.add_argument("--forward-defaults", action="store_true",
-                        help="mode forward: fit_amortized's default steps, optimizer, "
-                             "validation and stopping (only the batch size and the number of "
-                             "simulations are passed)")
+                        help="modes forward and hybrid: fit_amortized's default steps, "
+                             "optimizer, validation and stopping, and hybrid's default reverse "
+                             "phase (only the batch size and the number of simulations are "
+                             "passed)")
+    parser.add_argument("--option", action="append", metavar="NAME=VALUE",
+                        help="pass fit_amortized(NAME=VALUE) (a JSON value, e.g. "
+                             "forward_weight=1); repeatable")
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--init-scale", type=float, default=0.1)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64],

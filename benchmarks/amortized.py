@@ -44,6 +44,9 @@ from pyro_kr._atomic import atomic_path
 from pyro_kr.diagnostics import coverage, sbc
 from pyro_kr.metrics import UNIT_KERNEL_BANDWIDTH
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from amortized_peers import keyword_options  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "amortized.json"
 TARGET_W2, TARGET_MMD = 0.0402, 0.95e-3  # Kerrigan et al. 2024, Table 2, COT-FM
 TARGET_SAMPLE_S, TARGET_RATIO, TARGET_TRAIN_S = 0.050, 1000.0, 1800.0
@@ -83,13 +86,7 @@ def train(model, guide, mode: str, args, *, steps: int, lr: float, batch_size: i
 
 def fit_options(options: list[str] | None) -> dict:
     """``--option NAME=VALUE`` -> extra ``fit_amortized`` keywords (JSON values)."""
-    out = {}
-    for option in options or []:
-        name, sep, value = option.partition("=")
-        if not sep:
-            raise ValueError(f"--option takes NAME=VALUE, got {option!r}")
-        out[name] = json.loads(value)
-    return out
+    return keyword_options(options, flag="--option")
 
 
 def time_draws(guide, y, repeats: int) -> dict:

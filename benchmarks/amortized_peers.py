@@ -185,7 +185,7 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
         del kwargs["steps"], kwargs["optim"]
         kwargs.update(batch_size=args.batch_forward, simulations=bank,
                       validation_fraction=args.validation_fraction,
-                      **forward_options(args.forward_option))
+                      **keyword_options(args.forward_option))
     else:
         kwargs.update(batch_size=args.batch_forward, simulations=bank,
                       validate_every=args.validate_every, patience=args.patience,
@@ -209,13 +209,13 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
     return kr_draw(guide, problem.observation(0), problem.param_names), facts, guide
 
 
-def forward_options(options: list[str] | None) -> dict:
-    """``--forward-option NAME=VALUE`` -> extra ``fit_amortized`` keywords (JSON values)."""
+def keyword_options(options: list[str] | None, flag: str = "--forward-option") -> dict:
+    """``flag NAME=VALUE`` (repeated) -> extra ``fit_amortized`` keywords (JSON values)."""
     out = {}
     for option in options or []:
         name, sep, value = option.partition("=")
         if not sep:
-            raise ValueError(f"--forward-option takes NAME=VALUE, got {option!r}")
+            raise ValueError(f"{flag} takes NAME=VALUE, got {option!r}")
         out[name] = json.loads(value)
     return out
 

@@ -6,7 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from _amortized_models import constrained, exact_posterior, linear_gaussian
+from _amortized_models import constrained, exact_posterior, linear_gaussian, unseen_linear_gaussian
 
 from pyro_kr import AmortizedKR, fit_amortized
 from pyro_kr.amortized import AmortizedHistory
@@ -19,11 +19,6 @@ SETTINGS = {
     "forward": dict(steps=2000, batch_size=512, num_simulations=50_000, lr=0.05,
                     validate_every=50, patience=100),
 }
-
-
-def _unseen(n: int, seed: int) -> torch.Tensor:
-    pyro.set_rng_seed(seed)
-    return torch.stack([pyro.poutine.uncondition(linear_gaussian)() for _ in range(n)])
 
 
 def _affine_parts(guide: AmortizedKR, ys: torch.Tensor):
@@ -46,7 +41,7 @@ def test_linear_gaussian_mean_and_cholesky_for_unseen_y(mode):
     history = fit_amortized(linear_gaussian, guide, mode=mode, optim=optim, progress=False,
                             **settings)
     assert isinstance(history, AmortizedHistory) and history.mode == mode
-    ys = _unseen(10, seed=123)
+    ys = unseen_linear_gaussian(10, seed=123)
     with torch.no_grad():
         shift, factor = _affine_parts(guide, ys)
     mean, chol = exact_posterior(ys)

@@ -372,7 +372,8 @@ def collect(paths: list[str], out: Path) -> dict:
             "forward_weight": a["forward_weight"], "start": a.get("load_params"),
             "warmup_steps": a.get("warmup_steps") or None,
             "warmup_batch_size": a.get("warmup_batch_size"),
-            "warmup_lr": a.get("warmup_lr"), "warmup_cpu_s": r.get("warmup_cpu_s"),
+            "warmup_lr": a.get("warmup_lr"), "warmup_decay": a.get("warmup_decay"),
+            "warmup_cpu_s": r.get("warmup_cpu_s"),
             "order": {True: "trace", False: "problem"}.get(a.get("trace_order")),
             "seed": a["seed"], "train_cpu_s": r["train_cpu_s"],
             "simulations": r["simulations"], "model_evaluations": r["model_evaluations"],
@@ -425,6 +426,9 @@ def main(argv=None) -> dict:
                              "simulations before the --steps reverse steps")
     parser.add_argument("--warmup-batch-size", type=int, default=None)
     parser.add_argument("--warmup-lr", type=float, default=None)
+    parser.add_argument("--warmup-decay", type=float, default=None,
+                        help="the warm-up's lr falls to this fraction of --warmup-lr (default "
+                             "2e-3) by its last step: warmup_optim=ClippedAdam (library: 0.1)")
     parser.add_argument("--save-warmup-params", default=None,
                         help="save the param store at the end of the warm-up (to refine it "
                              "again with --load-params)")
@@ -485,6 +489,10 @@ def main(argv=None) -> dict:
     if args.warmup_steps:
         kw.update(warmup_steps=args.warmup_steps, warmup_batch_size=args.warmup_batch_size,
                   warmup_lr=args.warmup_lr)
+        if args.warmup_decay is not None:
+            kw.update(warmup_lr=None, warmup_optim=pyro.optim.ClippedAdam(
+                {"lr": 2e-3 if args.warmup_lr is None else args.warmup_lr,
+                 "lrd": args.warmup_decay ** (1 / args.warmup_steps)}))
     if args.refine_schedule:
         kw["schedule"] = pyro_kr.Annealing.over(args.steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4),
                                                  beta=1.0)

@@ -106,6 +106,9 @@ def test_a_callback_stop_in_the_warmup_skips_the_reverse_phase():
     ({"warmup_lr": 1e-3}, "pass warmup_steps > 0 too"),
     ({"warmup_steps": 2, "warmup_batch_size": 0}, "warmup_batch_size must be an int >= 1"),
     ({"warmup_steps": 2, "warmup_lr": 0.0}, "warmup_lr must be a number > 0"),
+    ({"warmup_optim": "adam"}, "pass warmup_steps > 0 too"),
+    ({"warmup_steps": 2, "warmup_lr": 1e-3,
+      "warmup_optim": pyro.optim.ClippedAdam({"lr": 1e-3})}, "not both"),
     ({"warmup_steps": 2, "checkpoint": "ck.pt"}, "does not checkpoint its two phases"),
     ({"warmup_steps": 2, "mode": "hybrid", "num_simulations": 20},
      "warmup_steps belongs to mode='reverse'"),
@@ -116,3 +119,21 @@ def test_warmup_arguments_are_checked(kwargs, match):
     kwargs = {"mode": "reverse", **kwargs}
     with pytest.raises(ValueError, match=match):
         fit_amortized(linear_gaussian, _guide(), steps=2, progress=False, **kwargs)
+
+
+def test_warmup_optim_is_the_warmups_optimizer():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    optim = pyro.optim.ClippedAdam({"lr": 1e-3, "lrd": 0.01 ** (1 / 5)})
+    history = fit_amortized(linear_gaussian, _guide(), mode="reverse", warmup_steps=5,
+                            warmup_batch_size=8, warmup_optim=optim, steps=2, batch_size=4,
+                            progress=False)
+    assert history.forward_steps == 5 and optim.optim_objs  # it stepped the parameters
+    lrs = [g["lr"] for o in optim.optim_objs.values() for g in o.param_groups]
+    assert lrs and all(lr == pytest.approx(1e-3 * 0.01) for lr in lrs)  # its own 100x decay
+
+
+def test_warmup_optim_must_be_a_pyro_optimizer():
+    with pytest.raises(TypeError, match="warmup_optim must be a pyro.optim optimizer"):
+        fit_amortized(linear_gaussian, _guide(), mode="reverse", steps=2, warmup_steps=2,
+                      warmup_optim=torch.optim.Adam, progress=False)

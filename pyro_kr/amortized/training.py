@@ -216,6 +216,7 @@ def fit_amortized(
     warmup_steps: int = 0,
     warmup_batch_size: int | None = None,
     warmup_lr: float | None = None,
+    warmup_optim: PyroOptim | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
@@ -337,6 +338,9 @@ def fit_amortized(
         warmup_batch_size: pairs per warm-up step (default 256).
         warmup_lr: initial learning rate of the warm-up (default 2e-3; ``ClippedAdam``,
             gradient norm clipped at 10, decaying it 10x over the warm-up).
+        warmup_optim: the warm-up's optimizer instead (a ``pyro.optim`` optimizer, e.g.
+            ``pyro.optim.ClippedAdam({"lr": 2e-3, "lrd": 0.01 ** (1 / warmup_steps)})`` for a
+            100x decay); not with ``warmup_lr``.
         progress, checkpoint, checkpoint_every, callback: as in :func:`pyro_kr.fit`.
             Unlike ``fit``, no end-of-training check runs: ``fit``'s check scores one
             posterior, and the reverse objective's model is a fresh batch of simulated
@@ -385,7 +389,7 @@ def fit_amortized(
             f"reverse_steps, reverse_lr, reverse_optim and reverse_batch_size belong to "
             f"mode='hybrid', got mode={mode!r}; use steps, lr, optim and batch_size"
         )
-    _check_warmup(mode, warmup_steps, warmup_batch_size, warmup_lr, checkpoint)
+    _check_warmup(mode, warmup_steps, warmup_batch_size, warmup_lr, warmup_optim, checkpoint)
     if mode == "hybrid":
         half = (steps if steps is not None else _REVERSE_STEPS) // 2
         reverse_steps = max(half, 1) if reverse_steps is None else reverse_steps
@@ -450,7 +454,9 @@ def fit_amortized(
             model, guide, args, kwargs, batch_size, schedule, callback, common, objective,
             num_particles, forward_weight, warmup_steps,
             _WARMUP_BATCH if warmup_batch_size is None else warmup_batch_size,
-            _FORWARD_LR if warmup_lr is None else warmup_lr,
+            warmup_optim if warmup_optim is not None else pyro.optim.ClippedAdam(
+                {"lr": _FORWARD_LR if warmup_lr is None else warmup_lr,
+                 "lrd": 0.1 ** (1 / warmup_steps)}),
         )
     if mode == "reverse":
         return _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
@@ -493,15 +499,21 @@ def fit_amortized(
     return out
 
 
-def _check_warmup(mode, steps, batch_size, lr, checkpoint) -> None:
+def _check_warmup(mode, steps, batch_size, lr, optim, checkpoint) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"warmup_steps must be an int >= 0 (0: no warm-up), got {steps!r}")
     if steps and mode != "reverse":
         raise ValueError(f"warmup_steps belongs to mode='reverse' (got mode={mode!r}); "
                          "mode='hybrid' starts with its own forward phase")
-    if not steps and (batch_size, lr) != (None, None):
-        raise ValueError("warmup_batch_size and warmup_lr configure the warm-up: pass "
-                         "warmup_steps > 0 too")
+    if not steps and (batch_size, lr, optim) != (None, None, None):
+        raise ValueError("warmup_batch_size, warmup_lr and warmup_optim configure the "
+                         "warm-up: pass warmup_steps > 0 too")
+    if lr is not None and optim is not None:
+        raise ValueError("pass warmup_lr or warmup_optim, not both (warmup_lr sets the "
+                         "initial lr of the default ClippedAdam)")
+    if optim is not None and not isinstance(optim, PyroOptim):
+        raise TypeError(f"warmup_optim must be a pyro.optim optimizer such as "
+                        f"pyro.optim.ClippedAdam({{'lr': 2e-3}}), got {type(optim).__name__}")
     if batch_size is not None and (isinstance(batch_size, bool)
                                    or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"warmup_batch_size must be an int >= 1, got {batch_size!r}")
@@ -515,10 +527,9 @@ def _check_warmup(mode, steps, batch_size, lr, checkpoint) -> None:
 
 def _fit_warmed_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
                         objective, num_particles, forward_weight, warmup_steps,
-                        warmup_batch, warmup_lr) -> AmortizedHistory:
+                        warmup_batch, optim) -> AmortizedHistory:
     """Forward NLL on fresh pairs for ``warmup_steps``, then the reverse objective."""
     loss = SimulatedForwardLoss(model, guide, args, kwargs, warmup_batch)
-    optim = pyro.optim.ClippedAdam({"lr": warmup_lr, "lrd": 0.1 ** (1 / warmup_steps)})
 
     def register(*a, **k) -> None:
         guide.networks()  # point the networks at the param store's values

@@ -9,7 +9,9 @@ globals, and ``guide.conditional({"mu": m, "tau": t})`` the groups given them.
 
 ``--decay-from 0.85`` passes ``fit(..., lr_decay_from=0.85)``: Adam holds its lr for 85 % of the
 steps before the final decay, which a large hierarchy needs to catch up with the end of the
-tempering ramp (docs/hierarchical.md, "The default recipe at N = 1,000").
+tempering ramp (docs/hierarchical.md, "The default recipe at N = 1,000"); ``--decay-from
+plateau`` starts the decay once the loss stops improving (``lr_decay_from="plateau"``,
+docs/hierarchical.md, "An adaptive start").
 
 Run: python examples/hierarchical_sparse.py [--smoke] [--groups N] [--steps S] [--decay-from F]
 """
@@ -34,14 +36,20 @@ def model(y, sigma, subsample_size=None):
         pyro.sample("y", dist.Normal(theta, sigma[idx]), obs=y[idx])
 
 
+def _decay_from(text: str) -> float | str:
+    """``--decay-from``: ``"plateau"`` or a fraction of the steps."""
+    return text if text == "plateau" else float(text)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--groups", type=int, default=2000)
     parser.add_argument("--subsample", type=int, default=100)
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--decay-from", type=float, default=None,
-                        help="fit's lr_decay_from (default: decay after the annealing ramp)")
+    parser.add_argument("--decay-from", type=_decay_from, default=None,
+                        help="fit's lr_decay_from: a fraction such as 0.85, or 'plateau' "
+                             "(default: decay after the annealing ramp)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.groups, args.subsample, args.steps = 50, 10, 20

@@ -42,6 +42,8 @@ import torch
 
 import pyro_kr
 import pyro_kr.bench.problems as problems
+from pyro_kr.averaging import ParamAverage, average_start
+from pyro_kr.checkpoint import restore_params
 from pyro_kr.diagnostics import sbc
 from pyro_kr.metrics import w2
 
@@ -311,8 +313,9 @@ class Tracer:
     training time. The noise floor at n = 2,000 is higher than at 5,000 (raw about 0.009).
     """
 
-    def __init__(self, problem, guide, every: int) -> None:
+    def __init__(self, problem, guide, every: int, averages=None) -> None:
         self.problem, self.guide, self.every = problem, guide, every
+        self.averages = averages  # an AverageTracker: its running averages are traced too
         names = problem.param_names
         ref = problem.reference(0)
         r = torch.stack([torch.as_tensor(ref[k]).reshape(-1) for k in names], -1).double()
@@ -337,9 +340,70 @@ class Tracer:
                "w2_scaled_log": round(w2(q.log() / math.sqrt(0.5),
                                          self.ref.log() / math.sqrt(0.5)), 4),
                "loss": round(float(record.get("loss", math.nan)), 2)}
+        if self.averages is not None:  # the same draws' seed, from each running average
+            for key, avg in self.averages.items():
+                if avg.count == 0:
+                    continue
+                live = avg.swap_in()
+                state = torch.random.get_rng_state()
+                torch.manual_seed(301)
+                with torch.no_grad():
+                    d = self.guide.sample(self.problem.observation(0), 2000)
+                torch.random.set_rng_state(state)
+                restore_params(live)
+                q = torch.stack([d[k].reshape(-1) for k in self.problem.param_names],
+                                -1).double()
+                row[f"w2_raw_{key}"] = round(w2(q, self.ref), 4)
         self.rows.append(row)
         log(f"trace {row}")
         self.seconds += time.process_time() - t0
+
+
+class AverageTracker:
+    """Callback: tail averages of the warm-up (``pyro_kr.averaging``), kept by the benchmark.
+
+    For each fraction ``f`` in ``fractions`` a :class:`~pyro_kr.averaging.ParamAverage` of the
+    warm-up's iterates after step ``floor(f * warmup_steps)``, the same average that
+    ``fit_amortized(average_from=f)`` swaps in at the warm-up's end, but without changing the
+    run: at step ``warmup_steps`` each is saved (``{stem}_avg{f}.pt``, to score or refine it
+    with ``--load-params``); the training is the unaveraged run. Its CPU is kept in
+    ``seconds`` (taken off the training time). ``items()`` feeds :class:`Tracer`.
+    """
+
+    def __init__(self, fractions, warmup_steps: int, stem: str | None) -> None:
+        self.avgs = {f"avg{f:g}": ParamAverage(start=average_start(f, warmup_steps))
+                     for f in fractions}
+        self.warmup_steps, self.stem, self.seconds = warmup_steps, stem, 0.0
+        self.saved: dict[str, str] = {}
+
+    def items(self):
+        return self.avgs.items()
+
+    def __call__(self, step: int, record: dict) -> None:
+        if step >= self.warmup_steps:
+            return
+        t0 = time.process_time()
+        for avg in self.avgs.values():
+            avg.update()
+        if step + 1 == self.warmup_steps and self.stem is not None:
+            for key, avg in self.avgs.items():
+                live = avg.swap_in()
+                path = f"{self.stem}_{key}.pt"
+                pyro.get_param_store().save(path)
+                restore_params(live)
+                self.saved[key] = path
+                log(f"saved the warm-up's tail average {key} ({avg.count} iterates) to {path}")
+        self.seconds += time.process_time() - t0
+
+
+class Chain:
+    """Callbacks called in turn (the first returning True stops the run)."""
+
+    def __init__(self, *callbacks) -> None:
+        self.callbacks = [c for c in callbacks if c is not None]
+
+    def __call__(self, step: int, record: dict):
+        return any([bool(c(step, record)) for c in self.callbacks])
 
 
 class WarmupSaver:
@@ -374,6 +438,8 @@ def collect(paths: list[str], out: Path) -> dict:
             "warmup_batch_size": a.get("warmup_batch_size"),
             "warmup_lr": a.get("warmup_lr"), "warmup_decay": a.get("warmup_decay"),
             "warmup_cpu_s": r.get("warmup_cpu_s"),
+            "average_from": a.get("average_from"),
+            "averaged_steps": r.get("averaged_steps") or None,
             "order": {True: "trace", False: "problem"}.get(a.get("trace_order")),
             "seed": a["seed"], "train_cpu_s": r["train_cpu_s"],
             "simulations": r["simulations"], "model_evaluations": r["model_evaluations"],
@@ -398,6 +464,11 @@ def collect(paths: list[str], out: Path) -> dict:
         print(f"{r['run']:<44}{cov:>17}{r['median_abs_loc_err']:>10.2f}"
               f"{r['median_sd_ratio']:>9.2f}{w:>8.3f}{r['train_cpu_s']:>7.0f}")
     return payload
+
+
+def _average_from(text: str) -> float | int:
+    """``--average-from``: ``0.75`` -> a fraction, ``900`` -> a step."""
+    return float(text) if any(c in text for c in ".eE") else int(text)
 
 
 def main(argv=None) -> dict:
@@ -432,6 +503,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--save-warmup-params", default=None,
                         help="save the param store at the end of the warm-up (to refine it "
                              "again with --load-params)")
+    parser.add_argument("--average-from", type=_average_from, default=None,
+                        help="fit_amortized(average_from=...): tail average of the parameters "
+                             "(a float in (0, 1): the share of each phase's steps before it; "
+                             "an int: a step, single-phase runs)")
+    parser.add_argument("--track-averages", type=float, nargs="+", default=None,
+                        help="reverse with --warmup-steps: also keep these tail averages of the "
+                             "warm-up (fractions) beside the run, traced with --trace-every and "
+                             "saved next to --save-warmup-params (the run itself unchanged)")
     parser.add_argument("--datasets", type=int, default=200)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--sbc-datasets", type=int, default=200,
@@ -493,6 +572,8 @@ def main(argv=None) -> dict:
             kw.update(warmup_lr=None, warmup_optim=pyro.optim.ClippedAdam(
                 {"lr": 2e-3 if args.warmup_lr is None else args.warmup_lr,
                  "lrd": args.warmup_decay ** (1 / args.warmup_steps)}))
+    if args.average_from is not None:
+        kw["average_from"] = args.average_from
     if args.refine_schedule:
         kw["schedule"] = pyro_kr.Annealing.over(args.steps, eps=(1e-2, 1e-3), lam=(1e2, 1e4),
                                                  beta=1.0)
@@ -512,10 +593,17 @@ def main(argv=None) -> dict:
         facts = {"train_wall_s": 0.0, "train_cpu_s": 0.0, "steps_run": 0, "simulations": 0,
                  "model_evaluations": 0, "forward_steps": None}
     else:
-        tracer = None
+        tracer, tracker = None, None
+        if args.track_averages:
+            if not args.warmup_steps:
+                raise ValueError("--track-averages averages the warm-up: pass --warmup-steps")
+            stem = None if not args.save_warmup_params else str(
+                Path(args.save_warmup_params).with_suffix(""))
+            tracker = AverageTracker(args.track_averages, args.warmup_steps, stem)
         if args.trace_every and problem.name == "lotka_volterra":
-            tracer = Tracer(problem, guide, args.trace_every)
-            kw["callback"] = tracer
+            tracer = Tracer(problem, guide, args.trace_every, tracker)
+        if tracker is not None or tracer is not None:
+            kw["callback"] = Chain(tracker, tracer)  # the averages first, then the trace
         if args.save_warmup_params:  # not timed: the param store's save is I/O
             kw["callback"] = WarmupSaver(args.warmup_steps, args.save_warmup_params,
                                          kw.get("callback"))
@@ -527,6 +615,7 @@ def main(argv=None) -> dict:
             kw.update(simulations={**u_bank, "y": y_bank}, num_simulations=None)
         history = pyro_kr.fit_amortized(problem.model, guide, **kw)
         traced = 0.0 if tracer is None else tracer.seconds
+        traced += 0.0 if tracker is None else tracker.seconds
         if args.save_warmup_params:
             traced += kw["callback"].seconds
         facts = {"train_wall_s": round(time.perf_counter() - t0 - traced, 1),
@@ -535,6 +624,9 @@ def main(argv=None) -> dict:
                  "steps_run": history.steps, "simulations": history.simulations,
                  "model_evaluations": history.model_evaluations,
                  "forward_steps": history.forward_steps,
+                 "average_starts": history.average_starts,
+                 "averaged_steps": history.averaged_steps,
+                 "tracked_averages": None if tracker is None else tracker.saved,
                  "warmup_cpu_s": None if tracer is None or not args.warmup_steps else next(
                      (r["train_cpu_s"] for r in tracer.rows if r["step"] == args.warmup_steps),
                      None)}

@@ -35,6 +35,7 @@ from pyro_kr.amortized.anchor import ForwardAnchoredLoss
 from pyro_kr.amortized.guide import AmortizedKR
 from pyro_kr.amortized.iw_elbo import ImportanceWeightedELBO, ReweightedWakeLoss
 from pyro_kr.amortized.warmup import SimulatedForwardLoss
+from pyro_kr.averaging import ParamAverage, average_start
 from pyro_kr.checkpoint import load_checkpoint, restore_params, snapshot_params
 from pyro_kr.fit import History, fit
 from pyro_kr.objective import Annealing, TransportELBO
@@ -64,6 +65,10 @@ class AmortizedHistory(History):
     ``cost / lam`` summed over the batch, for ``"forward"`` the mean negative log density of
     the batch. ``val_step``/``val_loss`` hold the validation checks (forward mode), ``best_step``
     the step whose parameters were kept, ``stopped_early`` whether patience ran out.
+    ``average_starts`` and ``averaged_steps`` describe ``average_from``'s tail averages, one
+    entry per averaged phase in order (warm-up/forward phase, then refinement): the steps left
+    out before each average and the iterates averaged (empty: no averaging); for an averaged
+    forward phase ``average_val_loss`` is the validation loss of the average swapped in.
     ``lr_cuts`` holds the steps at which the forward phase cut its learning rate on a plateau,
     ``patience_checks`` the patience it used, in checks (``patience`` raised to cover
     ``min_patience_steps``), ``stop_after_cuts`` the cut-count stop it used (``None``: none).
@@ -85,6 +90,9 @@ class AmortizedHistory(History):
     lr_cuts: list[int] = field(default_factory=list)
     patience_checks: int | None = None
     stop_after_cuts: int | None = None
+    average_starts: list[int] = field(default_factory=list)
+    averaged_steps: list[int] = field(default_factory=list)
+    average_val_loss: float | None = None
 
 
 class _ReversePair:
@@ -217,6 +225,7 @@ def fit_amortized(
     warmup_batch_size: int | None = None,
     warmup_lr: float | None = None,
     warmup_optim: PyroOptim | None = None,
+    average_from: float | int | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
@@ -341,6 +350,22 @@ def fit_amortized(
         warmup_optim: the warm-up's optimizer instead (a ``pyro.optim`` optimizer, e.g.
             ``pyro.optim.ClippedAdam({"lr": 2e-3, "lrd": 0.01 ** (1 / warmup_steps)})`` for a
             100x decay); not with ``warmup_lr``.
+        average_from: opt-in iterate averaging (Polyak-Ruppert / SWA,
+            :class:`pyro_kr.averaging.ParamAverage`): the parameters after the last steps of a
+            phase are averaged (uniformly, in the unconstrained space the param store keeps)
+            and the average is swapped in at the phase's end. ``None`` (default): off, the
+            code path of before. A float in ``(0, 1)``: the fraction of a phase's steps
+            *before* its average (``0.75``: the last quarter); an int ``k``: the iterates after
+            steps ``k + 1, ...`` (single-phase runs only). Two-phase runs (``warmup_steps`` >
+            0, ``"hybrid"``) take a float, applied to each phase separately: the warm-up (or
+            forward phase) is averaged over its own tail and the average is where the
+            refinement starts; the refinement is averaged over its own tail. The forward
+            phase needs an explicit ``steps`` (its length is otherwise set by early stopping),
+            keeps the average instead of the best check (``history.average_val_loss`` is its
+            validation loss), stays stopped by its patience (a warning if it stops before the
+            average starts: the best check is kept) and does not combine with ``ema_decay``.
+            Not with ``checkpoint=`` (the average is not checkpointed). The callback sees the
+            live parameters. Recorded in ``history.average_starts`` / ``averaged_steps``.
         progress, checkpoint, checkpoint_every, callback: as in :func:`pyro_kr.fit`.
             Unlike ``fit``, no end-of-training check runs: ``fit``'s check scores one
             posterior, and the reverse objective's model is a fresh batch of simulated
@@ -438,6 +463,8 @@ def fit_amortized(
     if mode == "reverse" and (ema_decay is not None or weight_decay):
         raise ValueError("ema_decay and weight_decay belong to the forward phase "
                          "(mode='forward' or 'hybrid'); mode='reverse' takes optim=...")
+    starts = _average_plan(average_from, mode, steps, warmup_steps, reverse_steps,
+                           checkpoint, ema_decay)
     schedule = _resolve_schedule(schedule, reverse_steps if mode == "hybrid" else steps, mode,
                                  refine=bool(warmup_steps))
     guide.setup(*args, **kwargs)
@@ -457,17 +484,19 @@ def fit_amortized(
             warmup_optim if warmup_optim is not None else pyro.optim.ClippedAdam(
                 {"lr": _FORWARD_LR if warmup_lr is None else warmup_lr,
                  "lrd": 0.1 ** (1 / warmup_steps)}),
+            starts,
         )
     if mode == "reverse":
         return _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
-                            objective, num_particles, forward_weight)
+                            objective, num_particles, forward_weight,
+                            average=_new_average(starts, "reverse"))
     forward = _fit_forward(
         model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
         simulations=simulations, validation_fraction=validation_fraction,
         validate_every=validate_every, patience=patience,
         min_patience_steps=min_patience_steps, plateau_factor=plateau_factor,
         stop_after_cuts=stop_after_cuts, ema_decay=ema_decay, weight_decay=weight_decay,
-        seed=seed, callback=callback, common=common,
+        seed=seed, callback=callback, common=common, average=_new_average(starts, "forward"),
     )
     if mode == "forward":
         return forward
@@ -483,12 +512,16 @@ def fit_amortized(
         return callback(offset + step, record) if callback is not None else None
 
     reverse = _fit_reverse(model, guide, args, kwargs, reverse_batch_size, schedule, shifted,
-                           common, objective, num_particles, forward_weight)
+                           common, objective, num_particles, forward_weight,
+                           average=_new_average(starts, "reverse"))
     out = AmortizedHistory(
         loss=forward.loss + reverse.loss, elbo=forward.elbo + reverse.elbo,
         eps=forward.eps + reverse.eps, lam=forward.lam + reverse.lam,
         seconds=forward.seconds + reverse.seconds, mode="hybrid",
     )
+    out.average_starts = forward.average_starts + reverse.average_starts
+    out.averaged_steps = forward.averaged_steps + reverse.averaged_steps
+    out.average_val_loss = forward.average_val_loss
     out.val_step, out.val_loss = forward.val_step, forward.val_loss
     out.best_step, out.stopped_early = forward.best_step, forward.stopped_early
     out.simulations = forward.simulations + reverse.simulations
@@ -497,6 +530,71 @@ def fit_amortized(
     out.patience_checks = forward.patience_checks
     out.stop_after_cuts = forward.stop_after_cuts
     return out
+
+
+def _average_plan(average_from, mode, steps, warmup_steps, reverse_steps, checkpoint,
+                  ema_decay) -> dict[str, int]:
+    """Steps left out before each phase's tail average (``{}``: no averaging)."""
+    if average_from is None:
+        return {}
+    if checkpoint is not None:
+        raise ValueError("average_from is not checkpointed (a resumed run would restart the "
+                         "average): run it without checkpoint=..., or checkpoint without "
+                         "average_from")
+    two_phase = mode == "hybrid" or (mode == "reverse" and warmup_steps)
+    if two_phase and not isinstance(average_from, float):
+        raise ValueError(
+            f"average_from={average_from!r}: a run with two phases (warmup_steps > 0 or "
+            "mode='hybrid') averages each phase over the same share of its steps; pass a "
+            "float in (0, 1), e.g. 0.5 for each phase's second half"
+        )
+    if mode in ("forward", "hybrid"):
+        if ema_decay is not None:
+            raise ValueError("average_from and ema_decay are two averages of the forward "
+                             "phase: pass one of them")
+        if steps is None:
+            raise ValueError(
+                "average_from needs the forward phase's length: pass steps=... (without it "
+                "early stopping sets the length, and the tail's start is unknown)"
+            )
+    if mode == "forward":
+        return {"forward": average_start(average_from, steps)}
+    if mode == "hybrid":
+        return {"forward": average_start(average_from, steps),
+                "reverse": average_start(average_from, reverse_steps)}
+    if warmup_steps:
+        return {"warmup": average_start(average_from, warmup_steps),
+                "reverse": average_start(average_from, steps)}
+    return {"reverse": average_start(average_from, steps)}
+
+
+def _new_average(starts: dict[str, int], phase: str) -> ParamAverage | None:
+    return ParamAverage(start=starts[phase]) if phase in starts else None
+
+
+def _with_average(callback, average: ParamAverage | None):
+    """``callback`` preceded by the average's update (after every optimizer step)."""
+    if average is None:
+        return callback
+
+    def step_and_average(step: int, record: dict[str, float]) -> bool | None:
+        average.update()
+        return callback(step, record) if callback is not None else None
+
+    return step_and_average
+
+
+def _swap_average(average: ParamAverage | None) -> tuple[list[int], list[int]]:
+    """Swap the tail average in at a phase's end; its ``(starts, counts)`` for the history."""
+    if average is None:
+        return [], []
+    if average.count:
+        average.swap_in()
+    else:
+        warnings.warn(
+            f"the phase ended after {average.seen} steps, before its average starts (after "
+            f"{average.start} steps): no average swapped in", RuntimeWarning, stacklevel=3)
+    return [average.start], [average.count]
 
 
 def _check_warmup(mode, steps, batch_size, lr, optim, checkpoint) -> None:
@@ -527,9 +625,10 @@ def _check_warmup(mode, steps, batch_size, lr, optim, checkpoint) -> None:
 
 def _fit_warmed_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
                         objective, num_particles, forward_weight, warmup_steps,
-                        warmup_batch, optim) -> AmortizedHistory:
+                        warmup_batch, optim, starts) -> AmortizedHistory:
     """Forward NLL on fresh pairs for ``warmup_steps``, then the reverse objective."""
     loss = SimulatedForwardLoss(model, guide, args, kwargs, warmup_batch)
+    average = _new_average(starts, "warmup")
 
     def register(*a, **k) -> None:
         guide.networks()  # point the networks at the param store's values
@@ -540,23 +639,28 @@ def _fit_warmed_reverse(model, guide, args, kwargs, batch_size, schedule, callba
         stopped.append(bool(callback(step, record)) if callback is not None else False)
         return stopped[-1]
 
-    warm = fit(_noop, register, loss=loss, callback=first,
+    warm = fit(_noop, register, loss=loss, callback=_with_average(first, average),
                **{**common, "steps": warmup_steps, "lr": None, "optim": optim})
+    warm_starts, warm_counts = _swap_average(average)  # the refinement starts from it
     if stopped and stopped[-1]:  # the callback stopped the warm-up: no reverse phase
         out = AmortizedHistory(**warm.state_dict(), mode="reverse")
         out.simulations, out.forward_steps = loss.simulations, warm.steps
+        out.average_starts, out.averaged_steps = warm_starts, warm_counts
         return out
 
     def shifted(step: int, record: dict[str, float]) -> bool | None:
         return callback(warmup_steps + step, record) if callback is not None else None
 
     reverse = _fit_reverse(model, guide, args, kwargs, batch_size, schedule, shifted, common,
-                           objective, num_particles, forward_weight)
+                           objective, num_particles, forward_weight,
+                           average=_new_average(starts, "reverse"))
     out = AmortizedHistory(
         loss=warm.loss + reverse.loss, elbo=warm.elbo + reverse.elbo,
         eps=warm.eps + reverse.eps, lam=warm.lam + reverse.lam,
         seconds=warm.seconds + reverse.seconds, mode="reverse",
     )
+    out.average_starts = warm_starts + reverse.average_starts
+    out.averaged_steps = warm_counts + reverse.averaged_steps
     out.simulations = loss.simulations + reverse.simulations
     out.model_evaluations = reverse.model_evaluations
     out.forward_steps = warm.steps
@@ -564,7 +668,8 @@ def _fit_warmed_reverse(model, guide, args, kwargs, batch_size, schedule, callba
 
 
 def _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
-                 objective, num_particles, forward_weight=0.0) -> AmortizedHistory:
+                 objective, num_particles, forward_weight=0.0,
+                 average: ParamAverage | None = None) -> AmortizedHistory:
     pair = _ReversePair(model, guide, batch_size)
     nesting = guide.plate_depth + 1
     if objective == "iwae":
@@ -578,11 +683,12 @@ def _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, com
         loss = TransportELBO(schedule, num_particles=num_particles, max_plate_nesting=nesting)
     if forward_weight:  # the sleep-phase anchor on the pairs the step simulated
         loss = ForwardAnchoredLoss(loss, guide, lambda: pair.last_pairs, forward_weight)
-    history = fit(pair.model, pair.guide, *args, loss=loss, callback=callback, **common,
-                  **kwargs)
+    history = fit(pair.model, pair.guide, *args, loss=loss,
+                  callback=_with_average(callback, average), **common, **kwargs)
     out = AmortizedHistory(**history.state_dict(), mode="reverse")
     out.simulations = history.steps * batch_size
     out.model_evaluations = out.simulations * num_particles
+    out.average_starts, out.averaged_steps = _swap_average(average)
     return out
 
 
@@ -656,7 +762,7 @@ class _ParamAverage:
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
                  validation_fraction, validate_every, patience, min_patience_steps,
                  plateau_factor, stop_after_cuts, ema_decay, weight_decay, seed, callback,
-                 common) -> AmortizedHistory:
+                 common, average: ParamAverage | None = None) -> AmortizedHistory:
     bank = simulations if isinstance(simulations, SimulationBank) else None
     if bank is not None:  # pyro_kr.simulate's bank: in memory, or shards streamed from disk
         _check_bank(guide, bank, num_simulations)
@@ -720,6 +826,7 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     state = {"best": math.inf, "best_params": None, "smooth": None, "best_smooth": math.inf,
              "bad": 0, "since_cut": 0, "cuts_since_best": 0}
     cut_after = max(1, patience // 4)
+    tail = average  # average_from's tail average (the argument), beside ema_decay's
     average = None if ema_decay is None else _ParamAverage(float(ema_decay))
 
     def validate(step: int) -> bool:
@@ -769,11 +876,22 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     def register(*a, **k) -> None:
         guide.networks()  # point the networks at the param store's values
 
-    history = fit(_noop, register, loss=loss, callback=check, **common)
-    if state["best_params"] is not None and (average is not None
-                                             or record.val_loss[-1] > state["best"]):
-        restore_params(state["best_params"])
+    history = fit(_noop, register, loss=loss, callback=_with_average(check, tail), **common)
+    if tail is not None and tail.count:  # the tail average replaces the best check
+        average_starts, averaged_steps = _swap_average(tail)
+        with torch.no_grad():
+            chunks = torch.arange(n_val, device=ref.device).split(4096)
+            tail_val = sum(float(loss.nll(c, val_latent, val_data)) * len(c)
+                           for c in chunks) / n_val
+    else:
+        if state["best_params"] is not None and (average is not None
+                                                 or record.val_loss[-1] > state["best"]):
+            restore_params(state["best_params"])
+        average_starts, averaged_steps = _swap_average(tail)  # warns if the tail is empty
+        tail_val = None
     out = AmortizedHistory(**history.state_dict(), mode="forward")
+    out.average_starts, out.averaged_steps = average_starts, averaged_steps
+    out.average_val_loss = tail_val
     out.simulations = num_simulations
     out.val_step, out.val_loss = record.val_step, record.val_loss
     out.best_step, out.stopped_early = record.best_step, record.stopped_early

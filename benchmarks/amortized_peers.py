@@ -192,6 +192,8 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
                       validation_fraction=args.validation_fraction)
     if mode == "hybrid":
         kwargs.update(reverse_steps=args.hybrid_reverse_steps, reverse_lr=args.lr_reverse)
+    if getattr(args, "average_from", None) is not None:  # the forward phase needs steps=
+        kwargs.update(average_from=args.average_from)
     t0 = time.perf_counter()
     history = pyro_kr.fit_amortized(problem.model, guide, **kwargs)
     facts = {"train_seconds": time.perf_counter() - t0, "steps": history.steps,
@@ -202,6 +204,9 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
              "patience_checks": getattr(history, "patience_checks", None),
              "stop_after_cuts": getattr(history, "stop_after_cuts", None),
              "forward_defaults": bool(args.forward_defaults and mode != "reverse"),
+             **({"average_from": args.average_from, "averaged_steps": history.averaged_steps,
+                 "average_val_loss": history.average_val_loss}
+                if getattr(args, "average_from", None) is not None else {}),
              **({"kr_dtype": args.kr_dtype} if args.kr_dtype != "float64" else {})}
     if mode != "reverse":
         facts.update(split(budget, args.validation_fraction), stopped_early=history.stopped_early,
@@ -265,7 +270,8 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
                                     batch_size=max(1, args.batch_forward // particles),
                                     progress=args.progress, objective=objective,
                                     num_particles=particles, forward_weight=forward_weight,
-                                    callback=callback if trace_at else None)
+                                    callback=callback if trace_at else None,
+                                    average_from=getattr(args, "average_from", None))
     facts = {k: forward_facts[k] for k in ("best_step", "train_simulations", "stopped_early",
                                            "validation_simulations") if k in forward_facts}
     facts.update({
@@ -279,6 +285,11 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
         "objective": objective, "forward_weight": forward_weight,
         "reverse_batch_size": max(1, args.batch_forward // particles),
         "num_particles": particles, "reverse_lr": lr})
+    if getattr(args, "average_from", None) is not None:  # the forward row's, then this phase's
+        facts.update(average_from=args.average_from,
+                     averaged_steps=forward_facts.get("averaged_steps", []) +
+                     history.averaged_steps,
+                     average_val_loss=forward_facts.get("average_val_loss"))
     if trace_at:
         facts.update(trace=trace, trace_cpu_seconds=trace_cpu[0])
     return kr_draw(guide, problem.observation(0), problem.param_names), facts, guide
@@ -608,6 +619,11 @@ def merge(paths: list[str], out: str, plot_dir: str,
     return result
 
 
+def _average_from(text: str) -> float | int:
+    """``--average-from``: ``0.75`` -> a fraction of the steps, ``900`` -> a step."""
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=int, nargs="+",
@@ -648,6 +664,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--forward-option", action="append", metavar="NAME=VALUE",
                         help="with --forward-defaults: pass fit_amortized(NAME=VALUE) (a JSON "
                              "value, e.g. ema_decay=0.999); repeatable")
+    parser.add_argument("--average-from", type=_average_from, default=None,
+                        help="forward/hybrid/reverse rows: fit_amortized(average_from=...), the "
+                             "tail average of the parameters (a float in (0, 1) or an int "
+                             "step); with --forward-defaults give --forward-option steps=N")
     parser.add_argument("--validate-every", type=int, default=200)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--depth", type=int, default=2)

@@ -128,3 +128,15 @@ def test_smoke_hybrid_rws_continues_forward_with_the_anchor_and_counts_evaluatio
         fwd["train_cpu_seconds"] + hyb["reverse_cpu_seconds"])
     assert [t["reverse_step"] for t in hyb["trace"]] == [2] and hyb["trace"][0]["raw"] > 0
     assert "calibration" in hyb and "calibration" not in fwd  # --sbc-methods
+
+
+def test_smoke_average_from_averages_the_forward_and_hybrid_rows(tmp_path):
+    bench = _load()
+    payload = bench.main(["--smoke", "--methods", "forward", "hybrid", "--average-from",
+                          "0.5", "--out", str(tmp_path / "p.json"),
+                          "--plot-dir", str(tmp_path / "plots")])
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert rows["forward"]["average_from"] == 0.5
+    assert rows["forward"]["averaged_steps"] == [2]  # smoke: 3 forward steps, from step 1
+    assert rows["hybrid"]["averaged_steps"] == [2, 2]  # and 3 reverse steps
+    assert rows["forward"]["average_val_loss"] is not None

@@ -139,3 +139,19 @@ def test_averaged_reverse_defaults_recover_the_exact_linear_gaussian_posterior()
     assert history.averaged_steps == [250]
     mean_error, cov_error = linear_gaussian_errors(guide)
     assert mean_error < 0.05 and cov_error < 0.1
+
+
+def test_example_flag_runs_under_smoke(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "lotka_volterra_amortized.py"
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--mode", "reverse", "--calibrated",
+         "--warmup-steps", "5", "--average-from", "0.5"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "tail averages swapped in: [3, 3] iterates" in result.stdout

@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from pyro_kr import distributed
 from pyro_kr._batching import quiet_plate_guess
 from pyro_kr._validation import check_observed
+from pyro_kr.averaging import ParamAverage, average_start
 from pyro_kr.checkpoint import (
     atomic_save,
     check_writable,
@@ -88,6 +90,11 @@ class History(TrainingHistory):
             the decay, still at the full ``lr``; ``lr_decay`` / ``lr_decay_from``), ``None``
             for a constant lr (or, with ``lr_decay_from="plateau"``, a run stopped before the
             rule decided).
+        average_starts, averaged_steps: with ``fit(..., average_from=...)``, one entry each:
+            the steps left out before the tail average and the number of iterates averaged
+            (``0``: the run stopped before its average started, and the last iterate was
+            kept); empty without averaging. The names and meaning are those of
+            :class:`~pyro_kr.amortized.AmortizedHistory` (one entry per averaged phase).
     """
 
     elbo: list[float] = field(default_factory=list)
@@ -96,6 +103,8 @@ class History(TrainingHistory):
     restarts: list[dict] = field(default_factory=list)
     chosen_restart: int | None = None
     lr_decay_start: int | None = None
+    average_starts: list[int] = field(default_factory=list)
+    averaged_steps: list[int] = field(default_factory=list)
 
     def append(self, record: dict[str, float]) -> None:
         """Record one step (``record`` has ``loss`` and optionally ``elbo``, ``eps``, ``lam``)."""
@@ -339,6 +348,45 @@ def _check_data(model: Callable, args: tuple, kwargs: dict) -> None:
     check_observed("fit", trace)
 
 
+def _resume_average(average: ParamAverage, saved: dict | None, step: int, checkpoint) -> None:
+    """Put ``average`` where the uninterrupted run had it after ``step`` steps, from the
+    checkpoint's saved average (``saved``; ``None`` for a checkpoint written without
+    ``average_from``), or refuse where the resumed run could not be exact."""
+    path = os.fspath(checkpoint)
+    if saved is None:
+        if step > average.start:
+            raise ValueError(
+                f"checkpoint {path!r} (step {step}) was written without average_from, and this "
+                f"run's tail average starts after step {average.start}: the iterates between "
+                "are not in the checkpoint. Resume it without average_from, pass an "
+                f"average_from at or after step {step}, or delete the checkpoint to start over"
+            )
+        # nothing averaged yet: the uninterrupted run had only counted the steps
+        average.load_state_dict({"start": average.start, "decay": None, "names": None,
+                                 "count": 0, "seen": step, "average": {}})
+        return
+    if saved["start"] != average.start or saved["decay"] is not None:
+        raise ValueError(
+            f"checkpoint {path!r} holds a tail average that leaves out {saved['start']} steps, "
+            f"and this call's average_from leaves out {average.start}: pass the average_from "
+            "the checkpoint was written with (the same fraction of the same steps), or delete "
+            "the checkpoint to start over"
+        )
+    average.load_state_dict(saved)
+
+
+def _swap_in_average(average: ParamAverage, history: History) -> None:
+    """End of an averaged run: swap the tail average into the param store and record it."""
+    history.average_starts, history.averaged_steps = [average.start], [average.count]
+    if average.count:
+        average.swap_in()
+        return
+    warnings.warn(
+        f"fit stopped after {history.steps} steps, before its tail average starts (after "
+        f"{average.start} steps; average_from): the last iterate is kept, nothing was averaged",
+        RuntimeWarning, stacklevel=3)
+
+
 class _LineProgress:
     """Progress for logs and CI (not a terminal): one plain line every 10% of the steps."""
 
@@ -409,6 +457,7 @@ def fit(
     check: bool = True,
     lr_decay: bool | None = None,
     lr_decay_from: float | str | None = None,
+    average_from: float | int | None = None,
     restarts: int = 1,
     restart_draws: int = 1000,
     **kwargs,
@@ -448,6 +497,26 @@ def fit(
             least 5), and at the latest at ``PLATEAU_LATEST`` (85 %) of the steps, so the
             decay always has room; the step chosen is ``History.lr_decay_start``. Refused
             with ``lr_decay=False`` or ``optim=``.
+        average_from: opt-in iterate averaging (Polyak-Ruppert / SWA,
+            :mod:`pyro_kr.averaging`): the parameters after every step past a start are
+            averaged uniformly (in the unconstrained space Pyro's param store keeps: a
+            ``positive`` parameter ends at the geometric mean of its iterates), and the
+            average is swapped into the param store when training ends, so the returned
+            guide is the average. ``None`` (the default): off, the last iterate is kept. A
+            float in ``(0, 1)``: the fraction of the steps *before* the average (``0.7``: the
+            iterates after steps ``int(0.7 * steps) + 1, ..., steps``); an int ``k`` in
+            ``[0, steps)``: the iterates after steps ``k + 1, ..., steps``. Training itself
+            is unchanged (the same steps, losses and lr, whatever ``lr_decay``), and the
+            ``callback`` sees the live parameters. The end check (``check``) and, with
+            ``restarts``, the held-out ELBO that chooses judge the averaged guide (each
+            restart averages its own tail). A checkpoint holds the live parameters and the
+            average so far, so a resumed run is exact; resuming with another
+            ``average_from``, or with one whose average should already have started from a
+            checkpoint written without it, is refused. A run stopped early by ``callback``
+            before its average starts keeps the last iterate (a ``RuntimeWarning``); a NaN
+            loss raises as without averaging (the live parameters restored, nothing swapped
+            in). Recorded in ``History.average_starts`` / ``History.averaged_steps``. The
+            suite measurements are in docs/hard_posteriors.md.
         restarts: train this many times from the same start (each run ``steps`` steps with a
             fresh Adam, the schedule rewound and its own random stream) and keep the run with
             the best held-out ELBO (``restart_draws`` guide draws with one fixed seed;
@@ -487,7 +556,9 @@ def fit(
         ValueError: ``steps < 1``, a loss with ``num_particles < 1``, observed data holding
             NaN/inf, a checkpoint path that cannot be written, a checkpoint past ``steps``,
             ``lr_decay_from`` neither in ``(0, 1)`` nor ``"plateau"`` (or with
-            ``lr_decay=False`` / ``optim``), or
+            ``lr_decay=False`` / ``optim``), an unusable ``average_from`` (a bool, a float
+            outside ``(0, 1)``, an int outside ``[0, steps)``) or one that does not match the
+            checkpoint (see above), or
             ``restarts`` / ``restart_draws`` that are not usable (see above); all raised
             before the first step.
 
@@ -515,6 +586,7 @@ def fit(
             "(with 0 particles the loss is 0 and nothing is trained)"
         )
     _check_restarts(restarts, restart_draws, optim, checkpoint)
+    average_skip = average_start(average_from, steps)  # its errors before any training
     _check_data(model, args, kwargs)
     if restarts > 1:
         _decay_plan(lr_decay, optim, getattr(loss, "schedule", None), steps,
@@ -525,7 +597,7 @@ def fit(
         return fit_restarts(model, guide, args, kwargs, restarts=restarts,
                             num_draws=restart_draws, loss=loss, steps=steps, lr=lr,
                             lr_decay=lr_decay, lr_decay_from=lr_decay_from, progress=progress,
-                            callback=callback, check=check)
+                            callback=callback, check=check, average_from=average_from)
     if checkpoint is not None:
         check_writable(checkpoint)
     schedule = getattr(loss, "schedule", None)
@@ -539,6 +611,7 @@ def fit(
     optim = _resolve_optim(lr, optim)
     svi = SVI(model, guide, optim, loss)
     history = History(lr_decay_start=None if plateau else decay_from)
+    average = None if average_skip is None else ParamAverage(start=average_skip)
     start = 0
 
     def decide(step: int) -> None:
@@ -584,6 +657,8 @@ def fit(
         optim.set_state(state["optim"])
         if schedule is not None and state.get("schedule") is not None:
             schedule.load_state_dict(state["schedule"])
+        if average is not None:
+            _resume_average(average, state.get("average"), start, checkpoint)
         set_rng_state(state["rng"])
     parallel = distributed.setup()
     if parallel:  # under torchrun: DDP averages the gradients of every rank's share
@@ -592,17 +667,17 @@ def fit(
     def save(step: int) -> None:
         if not distributed.is_main():  # rank 0 writes the checkpoint
             return
-        atomic_save(
-            {
-                "step": step,
-                "params": snapshot_params(),
-                "optim": optim.get_state(),
-                "schedule": schedule.state_dict() if schedule is not None else None,
-                "history": history.state_dict(),
-                "rng": get_rng_state(),
-            },
-            checkpoint,
-        )
+        state = {
+            "step": step,
+            "params": snapshot_params(),  # the live parameters, never the average
+            "optim": optim.get_state(),
+            "schedule": schedule.state_dict() if schedule is not None else None,
+            "history": history.state_dict(),
+            "rng": get_rng_state(),
+        }
+        if average is not None:
+            state["average"] = average.state_dict()
+        atomic_save(state, checkpoint)
 
     bar = _progress_bar(progress and distributed.is_main(), steps, start)
     began = time.perf_counter() - history.seconds
@@ -635,6 +710,8 @@ def fit(
             if parallel:
                 record["loss"] = value
             history.append(record)
+            if average is not None:
+                average.update()
             history.seconds = time.perf_counter() - began
             bar.update(1)
             if progress:
@@ -649,6 +726,8 @@ def fit(
         save(history.steps)
     if parallel:
         distributed.barrier()  # the final checkpoint exists for every rank on return
+    if average is not None:  # after the last checkpoint, which keeps the live parameters
+        _swap_in_average(average, history)
     if check:
         from pyro_kr.diagnostics.stall import warn_if_unhealthy  # lazy: ArviZ-backed module
 

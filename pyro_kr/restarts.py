@@ -91,7 +91,7 @@ def fit_restarts(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, *,
     restarts: int, num_draws: int, loss, steps: int, lr: float | None,
     lr_decay: bool | None, progress: bool, callback: Callable | None, check: bool,
-    lr_decay_from: float | str | None = None,
+    lr_decay_from: float | str | None = None, average_from: float | int | None = None,
 ):
     """``restarts`` runs of :func:`pyro_kr.fit` (each a single run without the end check) from
     the same start; keep the one with the best :func:`heldout_elbo`. Called by ``fit`` with
@@ -121,7 +121,7 @@ def fit_restarts(
         try:
             history = fit(model, guide, *args, loss=loss, steps=steps, lr=lr,
                           lr_decay=lr_decay, lr_decay_from=lr_decay_from, progress=progress,
-                          callback=callback, check=False,
+                          callback=callback, check=False, average_from=average_from,
                           **kwargs)
         except NonFiniteLossError as exc:
             spent = time.perf_counter() - began

@@ -13,7 +13,13 @@ tempering ramp (docs/hierarchical.md, "The default recipe at N = 1,000"); ``--de
 plateau`` starts the decay once the loss stops improving (``lr_decay_from="plateau"``,
 docs/hierarchical.md, "An adaptive start").
 
+``--average-from 0.5`` passes ``fit(..., average_from=0.5)``: the uniform (Polyak-Ruppert)
+average of the parameters after 50 % of the steps is swapped in at the end, instead of the
+last iterate (this example has no annealing schedule, so its lr is constant unless
+``--decay-from`` is given; docs/hard_posteriors.md, "Iterate averaging: `average_from`").
+
 Run: python examples/hierarchical_sparse.py [--smoke] [--groups N] [--steps S] [--decay-from F]
+[--average-from F]
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--decay-from", type=_decay_from, default=None,
                         help="fit's lr_decay_from: a fraction such as 0.85, or 'plateau' "
                              "(default: decay after the annealing ramp)")
+    parser.add_argument("--average-from", type=float, default=None,
+                        help="fit's average_from: average the iterates after this fraction "
+                             "of the steps (e.g. 0.5) and keep the average")
     args = parser.parse_args(argv)
     if args.smoke:
         args.groups, args.subsample, args.steps = 50, 10, 20
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     guide = pyro_kr.AutoKR(model, map="affine", structure="plates")
     start = time.perf_counter()
     pyro_kr.fit(model, guide, y, sigma, args.subsample, steps=args.steps, progress=False,
-                 lr_decay_from=args.decay_from)
+                 lr_decay_from=args.decay_from, average_from=args.average_from)
     seconds = time.perf_counter() - start
     print(f"{args.steps} steps on {args.subsample} of {args.groups} groups: {seconds:.1f} s")
 

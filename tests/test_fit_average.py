@@ -7,7 +7,9 @@ first step."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import warnings
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -168,3 +170,12 @@ def test_no_warning_without_averaging():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         _run(callback=lambda step, record: step == 9)
+
+
+def test_the_example_flag_runs_with_smoke():
+    path = Path(__file__).resolve().parents[1] / "examples" / "hierarchical_sparse.py"
+    spec = importlib.util.spec_from_file_location("hierarchical_sparse_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = example.main(["--smoke", "--average-from", "0.5"])
+    assert out["seconds"] > 0 and abs(out["mu"]) < 10

@@ -30,13 +30,8 @@ import statistics
 import sys
 from pathlib import Path
 
-import pyro
-
 sys.path.insert(0, str(Path(__file__).parent))
 import suite  # noqa: E402
-
-import pyro_kr  # noqa: E402
-from pyro_kr.bench import methods  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "averaging_suite.json"
 STORED = Path(__file__).parent / "results" / "suite.json"
@@ -49,22 +44,8 @@ ARMS = {
 
 def average_variant(options: dict):
     """The default recipe with ``fit(**options)``; the average's start and size in ``extra``."""
-
-    def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
-        with methods.float64():
-            pyro.clear_param_store()
-            pyro.set_rng_seed(seed)
-            guide = pyro_kr.AutoKR(problem.model)
-            loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(steps), num_particles=particles,
-                                         vectorize_particles=particles > 1)
-            history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
-                                  lr=methods.LR, progress=progress, **options)
-            res = suite._result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
-            res.extra = {"average_starts": history.average_starts,
-                         "averaged_steps": history.averaged_steps}
-            return res
-
-    return fit
+    return suite.end_game_variant(options, lambda history: {
+        "average_starts": history.average_starts, "averaged_steps": history.averaged_steps})
 
 
 def table(out: Path) -> str:

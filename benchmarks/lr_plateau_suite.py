@@ -23,13 +23,10 @@ import statistics
 import sys
 from pathlib import Path
 
-import pyro
-
 sys.path.insert(0, str(Path(__file__).parent))
 import suite  # noqa: E402
 
 import pyro_kr  # noqa: E402
-from pyro_kr.bench import methods  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "lr_plateau_suite.json"
 STORED = Path(__file__).parent / "results" / "suite.json"
@@ -37,21 +34,8 @@ STORED = Path(__file__).parent / "results" / "suite.json"
 
 def plateau_variant(rule="plateau"):
     """The default recipe with ``fit(lr_decay_from=rule)``; the decay start in ``extra``."""
-
-    def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
-        with methods.float64():
-            pyro.clear_param_store()
-            pyro.set_rng_seed(seed)
-            guide = pyro_kr.AutoKR(problem.model)
-            loss = pyro_kr.TransportELBO(pyro_kr.Annealing.over(steps), num_particles=particles,
-                                         vectorize_particles=particles > 1)
-            history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
-                                  lr=methods.LR, progress=progress, lr_decay_from=rule)
-            res = suite._result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
-            res.extra = {"lr_decay_start": history.lr_decay_start}
-            return res
-
-    return fit
+    return suite.end_game_variant({"lr_decay_from": rule},
+                                  lambda history: {"lr_decay_start": history.lr_decay_start})
 
 
 def table(out: Path) -> str:

@@ -67,7 +67,7 @@ def _decay_after_ramp(steps: int, ramp: int, final: float = 0.01):
     return optim, lambda step, record: optim.step()
 
 
-def _result(problem, guide, history, *, y, steps, num_draws):
+def result(problem, guide, history, *, y, steps, num_draws):
     """Draws from the fitted ``guide`` and the fit's timings, as a ``MethodResult``."""
     draws = methods.sample_guide(guide, problem.param_names, num_draws,
                                  problem.param_shapes, y=y)
@@ -98,7 +98,7 @@ def _autokr_variant(beta=1.0, decay: bool = False, init_scale=0.1):
                 options = {"optim": optim, "callback": callback}
             history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
                                   progress=progress, **options)
-            return _result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
+            return result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
 
     return fit
 
@@ -116,9 +116,10 @@ def _plain_elbo_variant(init_scale=0.1):
     return _fit_variant(lambda steps: None, {"init_scale": init_scale})
 
 
-def _fit_variant(schedule, guide_options):
-    """``AutoKR(model, **guide_options)`` trained by ``fit`` with
-    ``TransportELBO(schedule(steps))`` at the suite's lr and particles."""
+def _fit_variant(schedule, guide_options, fit_options=None, extra=None):
+    """``AutoKR(model, **guide_options)`` trained by ``fit(..., **fit_options)`` with
+    ``TransportELBO(schedule(steps))`` at the suite's lr and particles; ``extra(history)``
+    (a dict) goes into the result's ``extra``."""
 
     def fit(problem, y, *, steps, seed, num_draws, progress=False, particles=8):
         with methods.float64():
@@ -128,10 +129,20 @@ def _fit_variant(schedule, guide_options):
             loss = pyro_kr.TransportELBO(schedule(steps), num_particles=particles,
                                          vectorize_particles=particles > 1)
             history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=steps,
-                                  lr=methods.LR, progress=progress)
-            return _result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
+                                  lr=methods.LR, progress=progress, **(fit_options or {}))
+            res = result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
+            if extra is not None:
+                res.extra = extra(history)
+            return res
 
     return fit
+
+
+def end_game_variant(fit_options: dict, extra=None):
+    """The default recipe (``AutoKR(model)``, ``Annealing.over(steps)``, the suite's lr and
+    particles) with another end game: ``fit(..., **fit_options)`` (e.g. ``lr_decay_from``,
+    ``average_from``); ``extra(history)`` (a dict) is recorded in the row."""
+    return _fit_variant(pyro_kr.Annealing.over, {}, fit_options, extra)
 
 
 def _recipe_variant(*, fraction: float = 0.7, beta=(1e-2, 1.0), beta_fraction: float | None = None,
@@ -224,7 +235,7 @@ def _recipe_variant(*, fraction: float = 0.7, beta=(1e-2, 1.0), beta_fraction: f
                                   progress=progress,
                                   callback=lambda s, r: [c(s, r) for c in callbacks] and None,
                                   **options)
-            return _result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
+            return result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
 
     return fit
 
@@ -259,7 +270,7 @@ def _restarts_variant(restarts: int, *, equal_cost: bool):
             history = pyro_kr.fit(problem.model, guide, y=y, loss=loss, steps=each,
                                   lr=methods.LR, progress=progress, restarts=restarts,
                                   callback=shares)
-            res = _result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
+            res = result(problem, guide, history, y=y, steps=steps, num_draws=num_draws)
         res.extra = {"restart_steps": each, "chosen_restart": history.chosen_restart,
                      "restart_elbos": [r["elbo"] for r in history.restarts],
                      "restart_elbo_se": [r["elbo_se"] for r in history.restarts]}

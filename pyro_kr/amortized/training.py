@@ -743,22 +743,6 @@ def _scale_lr(optim: PyroOptim, factor: float) -> None:
             group["lr"] *= factor
 
 
-class _ParamAverage:
-    """Exponential moving average of every parameter in Pyro's param store."""
-
-    def __init__(self, decay: float) -> None:
-        self.decay, self.average = decay, None
-
-    def update(self) -> None:
-        live = dict(pyro.get_param_store().named_parameters())
-        with torch.no_grad():
-            if self.average is None:  # starts at the current parameters (no bias correction)
-                self.average = {k: p.detach().clone() for k, p in live.items()}
-                return
-            for k, p in live.items():
-                self.average[k].lerp_(p.detach(), 1 - self.decay)
-
-
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
                  validation_fraction, validate_every, patience, min_patience_steps,
                  plateau_factor, stop_after_cuts, ema_decay, weight_decay, seed, callback,
@@ -827,13 +811,14 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
              "bad": 0, "since_cut": 0, "cuts_since_best": 0}
     cut_after = max(1, patience // 4)
     tail = average  # average_from's tail average (the argument), beside ema_decay's
-    average = None if ema_decay is None else _ParamAverage(float(ema_decay))
+    # ema_decay's exponential moving average (from the first step, no bias correction)
+    average = None if ema_decay is None else ParamAverage(decay=float(ema_decay))
 
     def validate(step: int) -> bool:
         live = None
         if average is not None:  # score (and keep) the averaged parameters
             live = snapshot_params()
-            restore_params(average.average)
+            restore_params(average.averaged())
         with torch.no_grad():
             chunks = torch.arange(n_val, device=ref.device).split(4096)
             value = sum(float(loss.nll(c, val_latent, val_data)) * len(c) for c in chunks)

@@ -24,7 +24,6 @@ reruns the default (``autokr_monotone``) into the same file as the baseline of t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -77,25 +76,10 @@ def table(out: Path) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arms", nargs="+", default=["cand_avg85_const"], choices=list(ARMS))
-    p.add_argument("--seeds", nargs="+", default=["0"])
-    p.add_argument("--problems", nargs="+",
-                   default=["darcy_2d", "lotka_volterra", "banana", "symmetric_modes"])
-    p.add_argument("--with-default", action="store_true",
-                   help="also rerun the default (autokr_monotone) into the same file")
-    p.add_argument("--out", default=str(OUT))
-    p.add_argument("--table", action="store_true")
-    a = p.parse_args()
-    if a.table:
-        print(table(Path(a.out)))
-        return 0
-    for arm in a.arms:
-        suite.VARIANTS[arm] = average_variant(ARMS[arm])
-    names = list(a.arms) + (["autokr_monotone"] if a.with_default else [])
-    return suite.main(["--problems", *a.problems, "--methods", *names, "--seeds", *a.seeds,
-                       "--out", a.out])
-
+    return suite.end_game_main(
+        __doc__.splitlines()[0], {arm: average_variant(options) for arm, options in ARMS.items()},
+        ["darcy_2d", "lotka_volterra", "banana", "symmetric_modes"], OUT, table,
+        default_arms=["cand_avg85_const"])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,6 @@ registered in ``suite.py``'s ``VARIANTS`` at run time and run through its ``main
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -63,23 +62,9 @@ def table(out: Path) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", nargs="+", default=["0"])
-    p.add_argument("--problems", nargs="+",
-                   default=["linear_gaussian", "eight_schools", "darcy_2d", "lotka_volterra"])
-    p.add_argument("--with-default", action="store_true",
-                   help="also rerun the default (autokr_monotone) into the same file")
-    p.add_argument("--out", default=str(OUT))
-    p.add_argument("--table", action="store_true")
-    a = p.parse_args()
-    if a.table:
-        print(table(Path(a.out)))
-        return 0
-    suite.VARIANTS["cand_plateau"] = plateau_variant()
-    names = ["cand_plateau"] + (["autokr_monotone"] if a.with_default else [])
-    return suite.main(["--problems", *a.problems, "--methods", *names, "--seeds", *a.seeds,
-                       "--out", a.out])
-
+    return suite.end_game_main(
+        __doc__.splitlines()[0], {"cand_plateau": plateau_variant()},
+        ["linear_gaussian", "eight_schools", "darcy_2d", "lotka_volterra"], OUT, table)
 
 if __name__ == "__main__":
     sys.exit(main())

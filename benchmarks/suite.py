@@ -473,6 +473,33 @@ def health(data: dict) -> str:
     return "\n".join(lines)
 
 
+def end_game_main(description: str, arms: dict, default_problems: list[str], out: Path,
+                  table_fn, default_arms: list[str] | None = None,
+                  argv: list[str] | None = None) -> int:
+    """The command line of the end-game comparisons (``lr_plateau_suite.py``,
+    ``averaging_suite.py``): ``arms`` maps a method name to its variant (e.g.
+    :func:`end_game_variant`); the chosen arms are registered in ``VARIANTS`` and run by
+    :func:`main` on ``--problems`` and ``--seeds`` into ``--out`` (``--with-default`` also
+    reruns ``autokr_monotone`` there); ``--table`` prints ``table_fn(out)`` instead."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--arms", nargs="+", default=list(default_arms or arms), choices=list(arms))
+    p.add_argument("--seeds", nargs="+", default=["0"])
+    p.add_argument("--problems", nargs="+", default=list(default_problems))
+    p.add_argument("--with-default", action="store_true",
+                   help="also rerun the default (autokr_monotone) into the same file")
+    p.add_argument("--out", default=str(out))
+    p.add_argument("--table", action="store_true")
+    a = p.parse_args(argv)
+    if a.table:
+        print(table_fn(Path(a.out)))
+        return 0
+    for arm in a.arms:
+        VARIANTS[arm] = arms[arm]
+    names = list(a.arms) + (["autokr_monotone"] if a.with_default else [])
+    return main(["--problems", *a.problems, "--methods", *names, "--seeds", *a.seeds,
+                 "--out", a.out])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", default=list(SUITE))

@@ -382,8 +382,9 @@ def _swap_in_average(average: ParamAverage, history: History) -> None:
         average.swap_in()
         return
     warnings.warn(
-        f"fit stopped after {history.steps} steps, before its tail average starts (after "
-        f"{average.start} steps; average_from): the last iterate is kept, nothing was averaged",
+        f"training stopped after {history.steps} steps, before its tail average starts (after "
+        f"{average.start} steps; average_from): nothing was averaged (fit keeps the last "
+        "iterate; fit_amortized's forward phase keeps its best check)",
         RuntimeWarning, stacklevel=3)
 
 

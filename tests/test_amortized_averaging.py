@@ -92,7 +92,7 @@ def test_forward_tail_average_replaces_the_best_check():
 def test_forward_stopped_before_the_average_warns_and_keeps_the_best_check():
     kw = dict(mode="forward", steps=400, num_simulations=300, batch_size=32, lr=0.5,
               validate_every=2, patience=1, min_patience_steps=0)
-    with pytest.warns(RuntimeWarning, match="before its average starts"):
+    with pytest.warns(RuntimeWarning, match="before its tail average starts"):
         h, params = _run(average_from=0.99, **kw)
     assert h.stopped_early and h.averaged_steps == [0]
     _, p0 = _run(**kw)

@@ -90,9 +90,7 @@ class AmortizedHistory(History):
     lr_cuts: list[int] = field(default_factory=list)
     patience_checks: int | None = None
     stop_after_cuts: int | None = None
-    average_starts: list[int] = field(default_factory=list)
-    averaged_steps: list[int] = field(default_factory=list)
-    average_val_loss: float | None = None
+    average_val_loss: float | None = None  # average_starts / averaged_steps: History's
 
 
 class _ReversePair:
@@ -489,14 +487,14 @@ def fit_amortized(
     if mode == "reverse":
         return _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
                             objective, num_particles, forward_weight,
-                            average=_new_average(starts, "reverse"))
+                            average_from=starts.get("reverse"))
     forward = _fit_forward(
         model, guide, args, kwargs, batch_size=batch_size, num_simulations=num_simulations,
         simulations=simulations, validation_fraction=validation_fraction,
         validate_every=validate_every, patience=patience,
         min_patience_steps=min_patience_steps, plateau_factor=plateau_factor,
         stop_after_cuts=stop_after_cuts, ema_decay=ema_decay, weight_decay=weight_decay,
-        seed=seed, callback=callback, common=common, average=_new_average(starts, "forward"),
+        seed=seed, callback=callback, common=common, average_from=starts.get("forward"),
     )
     if mode == "forward":
         return forward
@@ -513,7 +511,7 @@ def fit_amortized(
 
     reverse = _fit_reverse(model, guide, args, kwargs, reverse_batch_size, schedule, shifted,
                            common, objective, num_particles, forward_weight,
-                           average=_new_average(starts, "reverse"))
+                           average_from=starts.get("reverse"))
     out = AmortizedHistory(
         loss=forward.loss + reverse.loss, elbo=forward.elbo + reverse.elbo,
         eps=forward.eps + reverse.eps, lam=forward.lam + reverse.lam,
@@ -568,35 +566,6 @@ def _average_plan(average_from, mode, steps, warmup_steps, reverse_steps, checkp
     return {"reverse": average_start(average_from, steps)}
 
 
-def _new_average(starts: dict[str, int], phase: str) -> ParamAverage | None:
-    return ParamAverage(start=starts[phase]) if phase in starts else None
-
-
-def _with_average(callback, average: ParamAverage | None):
-    """``callback`` preceded by the average's update (after every optimizer step)."""
-    if average is None:
-        return callback
-
-    def step_and_average(step: int, record: dict[str, float]) -> bool | None:
-        average.update()
-        return callback(step, record) if callback is not None else None
-
-    return step_and_average
-
-
-def _swap_average(average: ParamAverage | None) -> tuple[list[int], list[int]]:
-    """Swap the tail average in at a phase's end; its ``(starts, counts)`` for the history."""
-    if average is None:
-        return [], []
-    if average.count:
-        average.swap_in()
-    else:
-        warnings.warn(
-            f"the phase ended after {average.seen} steps, before its average starts (after "
-            f"{average.start} steps): no average swapped in", RuntimeWarning, stacklevel=3)
-    return [average.start], [average.count]
-
-
 def _check_warmup(mode, steps, batch_size, lr, optim, checkpoint) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"warmup_steps must be an int >= 0 (0: no warm-up), got {steps!r}")
@@ -628,7 +597,6 @@ def _fit_warmed_reverse(model, guide, args, kwargs, batch_size, schedule, callba
                         warmup_batch, optim, starts) -> AmortizedHistory:
     """Forward NLL on fresh pairs for ``warmup_steps``, then the reverse objective."""
     loss = SimulatedForwardLoss(model, guide, args, kwargs, warmup_batch)
-    average = _new_average(starts, "warmup")
 
     def register(*a, **k) -> None:
         guide.networks()  # point the networks at the param store's values
@@ -639,13 +607,12 @@ def _fit_warmed_reverse(model, guide, args, kwargs, batch_size, schedule, callba
         stopped.append(bool(callback(step, record)) if callback is not None else False)
         return stopped[-1]
 
-    warm = fit(_noop, register, loss=loss, callback=_with_average(first, average),
+    # fit swaps the warm-up's tail average (if any) in: the refinement starts from it
+    warm = fit(_noop, register, loss=loss, callback=first, average_from=starts.get("warmup"),
                **{**common, "steps": warmup_steps, "lr": None, "optim": optim})
-    warm_starts, warm_counts = _swap_average(average)  # the refinement starts from it
     if stopped and stopped[-1]:  # the callback stopped the warm-up: no reverse phase
         out = AmortizedHistory(**warm.state_dict(), mode="reverse")
         out.simulations, out.forward_steps = loss.simulations, warm.steps
-        out.average_starts, out.averaged_steps = warm_starts, warm_counts
         return out
 
     def shifted(step: int, record: dict[str, float]) -> bool | None:
@@ -653,14 +620,14 @@ def _fit_warmed_reverse(model, guide, args, kwargs, batch_size, schedule, callba
 
     reverse = _fit_reverse(model, guide, args, kwargs, batch_size, schedule, shifted, common,
                            objective, num_particles, forward_weight,
-                           average=_new_average(starts, "reverse"))
+                           average_from=starts.get("reverse"))
     out = AmortizedHistory(
         loss=warm.loss + reverse.loss, elbo=warm.elbo + reverse.elbo,
         eps=warm.eps + reverse.eps, lam=warm.lam + reverse.lam,
         seconds=warm.seconds + reverse.seconds, mode="reverse",
     )
-    out.average_starts = warm_starts + reverse.average_starts
-    out.averaged_steps = warm_counts + reverse.averaged_steps
+    out.average_starts = warm.average_starts + reverse.average_starts
+    out.averaged_steps = warm.averaged_steps + reverse.averaged_steps
     out.simulations = loss.simulations + reverse.simulations
     out.model_evaluations = reverse.model_evaluations
     out.forward_steps = warm.steps
@@ -669,7 +636,7 @@ def _fit_warmed_reverse(model, guide, args, kwargs, batch_size, schedule, callba
 
 def _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, common,
                  objective, num_particles, forward_weight=0.0,
-                 average: ParamAverage | None = None) -> AmortizedHistory:
+                 average_from: int | None = None) -> AmortizedHistory:
     pair = _ReversePair(model, guide, batch_size)
     nesting = guide.plate_depth + 1
     if objective == "iwae":
@@ -683,12 +650,11 @@ def _fit_reverse(model, guide, args, kwargs, batch_size, schedule, callback, com
         loss = TransportELBO(schedule, num_particles=num_particles, max_plate_nesting=nesting)
     if forward_weight:  # the sleep-phase anchor on the pairs the step simulated
         loss = ForwardAnchoredLoss(loss, guide, lambda: pair.last_pairs, forward_weight)
-    history = fit(pair.model, pair.guide, *args, loss=loss,
-                  callback=_with_average(callback, average), **common, **kwargs)
+    history = fit(pair.model, pair.guide, *args, loss=loss, callback=callback,
+                  average_from=average_from, **common, **kwargs)
     out = AmortizedHistory(**history.state_dict(), mode="reverse")
     out.simulations = history.steps * batch_size
     out.model_evaluations = out.simulations * num_particles
-    out.average_starts, out.averaged_steps = _swap_average(average)
     return out
 
 
@@ -746,7 +712,7 @@ def _scale_lr(optim: PyroOptim, factor: float) -> None:
 def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, simulations,
                  validation_fraction, validate_every, patience, min_patience_steps,
                  plateau_factor, stop_after_cuts, ema_decay, weight_decay, seed, callback,
-                 common, average: ParamAverage | None = None) -> AmortizedHistory:
+                 common, average_from: int | None = None) -> AmortizedHistory:
     bank = simulations if isinstance(simulations, SimulationBank) else None
     if bank is not None:  # pyro_kr.simulate's bank: in memory, or shards streamed from disk
         _check_bank(guide, bank, num_simulations)
@@ -810,7 +776,6 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     state = {"best": math.inf, "best_params": None, "smooth": None, "best_smooth": math.inf,
              "bad": 0, "since_cut": 0, "cuts_since_best": 0}
     cut_after = max(1, patience // 4)
-    tail = average  # average_from's tail average (the argument), beside ema_decay's
     # ema_decay's exponential moving average (from the first step, no bias correction)
     average = None if ema_decay is None else ParamAverage(decay=float(ema_decay))
 
@@ -861,9 +826,11 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
     def register(*a, **k) -> None:
         guide.networks()  # point the networks at the param store's values
 
-    history = fit(_noop, register, loss=loss, callback=_with_average(check, tail), **common)
-    if tail is not None and tail.count:  # the tail average replaces the best check
-        average_starts, averaged_steps = _swap_average(tail)
+    # with average_from, fit swaps the tail average in at the end (it warns if the run stopped
+    # before the average started)
+    history = fit(_noop, register, loss=loss, callback=check, average_from=average_from,
+                  **common)
+    if any(history.averaged_steps):  # the tail average replaces the best check
         with torch.no_grad():
             chunks = torch.arange(n_val, device=ref.device).split(4096)
             tail_val = sum(float(loss.nll(c, val_latent, val_data)) * len(c)
@@ -872,10 +839,8 @@ def _fit_forward(model, guide, args, kwargs, *, batch_size, num_simulations, sim
         if state["best_params"] is not None and (average is not None
                                                  or record.val_loss[-1] > state["best"]):
             restore_params(state["best_params"])
-        average_starts, averaged_steps = _swap_average(tail)  # warns if the tail is empty
         tail_val = None
     out = AmortizedHistory(**history.state_dict(), mode="forward")
-    out.average_starts, out.averaged_steps = average_starts, averaged_steps
     out.average_val_loss = tail_val
     out.simulations = num_simulations
     out.val_step, out.val_loss = record.val_step, record.val_loss

@@ -453,6 +453,9 @@ def collect(paths: list[str], out: Path) -> dict:
             "trace": r.get("trace"),
             "more_coverage": r.get("more_coverage"),
         })
+        if a.get("embedding_hidden") or a.get("hidden"):  # only runs that changed the widths
+            runs[-1]["widths"] = {"embedding_hidden": a.get("embedding_hidden"),
+                                  "conditioner_hidden": a.get("hidden")}
     payload = {"description": __doc__.splitlines()[0], "datasets_seed": 12345, "runs": runs}
     out.write_text(json.dumps(payload, indent=1))
     print(f"{'run':<44}{'cov .5/.9/.95':>17}{'|loc err|':>10}{'sd ratio':>9}{'W2':>8}"
@@ -488,6 +491,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--map", default="monotone")
     parser.add_argument("--hidden", type=int, nargs="*", default=None,
                         help="hidden widths of the conditioner (map_options hidden_dims)")
+    parser.add_argument("--embedding-hidden", type=int, nargs="+", default=None,
+                        help="hidden widths of the default embedding's MLP (AmortizedKR "
+                             "embedding_hidden; library default 64 64)")
     parser.add_argument("--objective", default="elbo", choices=["elbo", "iwae", "rws"])
     parser.add_argument("--num-particles", type=int, default=None)
     parser.add_argument("--forward-weight", type=float, default=0.0)
@@ -553,6 +559,8 @@ def main(argv=None) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     options = {} if args.hidden is None else {"hidden_dims": tuple(args.hidden)}
+    if args.embedding_hidden is not None:
+        options["embedding_hidden"] = tuple(args.embedding_hidden)
     order = getattr(problem, "kr_order", None)  # the problem's recommended KR order
     if args.trace_order:
         order = None

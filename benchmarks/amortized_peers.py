@@ -463,9 +463,10 @@ DEFAULT_VALIDATION_FRACTION = 0.1  # ``--validation-fraction``'s default (sbi's 
 
 
 def label(row: dict) -> str:
-    """The method's name; forward rows trained with fit_amortized's defaults are marked, and
-    so is a validation split other than the default 10% (e.g. the paper's 10k + 10k), so that
-    the table and the plot keep rows of the same budget and seed with different splits apart.
+    """The method's name; forward rows trained with fit_amortized's defaults are marked, so are
+    rows kept as a tail average of the iterates (``--average-from``), and so is a validation
+    split other than the default 10% (e.g. the paper's 10k + 10k), so that the table and the
+    plot keep rows of the same budget and seed with different settings apart.
 
     >>> label({"method": "forward", "forward_defaults": True, "budget": 20000,
     ...        "validation_simulations": 10000})
@@ -476,6 +477,8 @@ def label(row: dict) -> str:
         marks.append(f"reverse lr {row['reverse_lr']:g}")
     if row.get("kr_dtype", "float64") != "float64":
         marks.append(row["kr_dtype"])
+    if row.get("average_from") is not None:
+        marks.append(f"average from {row['average_from']:g}")
     n_val, budget = row.get("validation_simulations"), row.get("budget")
     if n_val is not None and budget and n_val != split(
             budget, DEFAULT_VALIDATION_FRACTION)["validation_simulations"]:

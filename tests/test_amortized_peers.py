@@ -96,6 +96,8 @@ def test_float32_guides_are_labelled_apart_and_train_in_float32():
            "validation_simulations": 2_000}
     assert bench.label({**row, "kr_dtype": "float32"}) == "forward (defaults, float32)"
     assert bench.label(row) == "forward (defaults)"
+    averaged = bench.label({**row, "average_from": 0.75})
+    assert averaged == "forward (defaults, average from 0.75)"
     problem = problems.get("lotka_volterra")
     args = argparse.Namespace(depth=1, embedding_dim=4, hidden=[8], kr_dtype="float32")
     pyro.clear_param_store()

@@ -420,6 +420,11 @@ def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None):
     row["sd_err_mu"] = float(abs(g[:, 0].std() / ref_g[:, 0].std() - 1))
     row["sd_err_log_tau"] = float(abs(g[:, 1].std() / ref_g[:, 1].std() - 1))
     row["mean_local_w2"] = float(w2_1d(t, ref_t).mean())
+    # where the globals' error sits (location or spread): guide and reference moments
+    for i, k in enumerate(("mu", "log_tau")):
+        row[f"mean_{k}"], row[f"sd_{k}"] = float(g[:, i].mean()), float(g[:, i].std())
+        row[f"ref_mean_{k}"] = float(ref_g[:, i].mean())
+        row[f"ref_sd_{k}"] = float(ref_g[:, i].std())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         row["khat"] = float(psis(guide, model, y, sigma, num_samples=4000).khat)

@@ -15,7 +15,8 @@ vectorized particles per step, Adam ``--lr``:
 * ``--guide dense_default / sparse_default / iaf_default``: the library's default recipe,
   ``pyro_kr.fit`` with ``TransportELBO(Annealing.over(steps))`` (likelihood tempering, the
   lr held through the ramp and decayed after it), ``order="auto"`` unless ``--kw`` sets
-  AutoKR's arguments; ``--guide iaf``, ``autonormal``, ``lowrank``
+  AutoKR's arguments; ``--guide affine`` (the sparse map with ``map="affine"``), ``iaf``,
+  ``autonormal``, ``lowrank``
   (``AutoLowRankMultivariateNormal``) and ``structured`` (``AutoStructured`` with the
   global-local dependencies, as built in benchmarks/hierarchical.py): Pyro's autoguides in the
   ``Trace_ELBO`` loop above. A step whose loss is not finite, or that raises Pyro's
@@ -68,6 +69,8 @@ def negelbo(model, guide, args, particles: int, reps: int) -> list[float]:
 def make_guide(name: str, model):
     if name == "sparse":
         return pyro_kr.AutoKR(model, structure="plates", order=H.MEASURED_ORDER)
+    if name == "affine":  # autokr_sparse_affine of benchmarks/hierarchical.py
+        return pyro_kr.AutoKR(model, map="affine", structure="plates", order=H.MEASURED_ORDER)
     if name == "iaf":
         return AutoIAFNormal(model)
     if name == "autonormal":
@@ -75,7 +78,7 @@ def make_guide(name: str, model):
     if name in ("lowrank", "structured"):  # the builders of benchmarks/hierarchical.py
         key = {"lowrank": "lowrank_mvn", "structured": "structured"}[name]
         return H.make_logistic_guide(key) if model is H.logistic_model else H.make_guide(key)
-    raise ValueError(f"guide must be sparse, iaf, autonormal, lowrank or structured here, "
+    raise ValueError(f"guide must be sparse, affine, iaf, autonormal, lowrank or structured here, "
                      f"got {name!r}")
 
 
@@ -188,7 +191,7 @@ def main() -> None:
                    help="Adam step size of the last --refine steps (default: --lr, same Adam)")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--guide", default="sparse",
-                   choices=["sparse", "iaf", "autonormal", "lowrank", "structured",
+                   choices=["sparse", "affine", "iaf", "autonormal", "lowrank", "structured",
                             *DEFAULT_RECIPE])
     p.add_argument("--elbo", type=int, default=0, help="particles of four -ELBO estimates")
     p.add_argument("--kw", default="{}",

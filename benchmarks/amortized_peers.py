@@ -139,21 +139,45 @@ class Scorer:
         return {"raw": w2(q, r), "scaled_log": w2(self._scaled_log(q), self._scaled_log(r)),
                 "mmd2_unit": mmd2(q, r, bandwidth=UNIT_KERNEL_H)}
 
-    def score(self, draw) -> dict:
-        """``draw(n, seed) -> (n, 4)`` positive ``u``; one fresh draw per reference subset."""
-        values = []
+    def score(self, draw, marginals: bool = False) -> dict:
+        """``draw(n, seed) -> (n, 4)`` positive ``u``; one fresh draw per reference subset.
+
+        ``marginals``: also each parameter's location and scale error (``"marginals"``, from
+        the same draws; no extra draws, the metrics unchanged)."""
+        values, draws = [], []
         for k, (a, _) in enumerate(self.subsets):
             q = draw(self.n, 300 + k).double()
             if not bool(torch.isfinite(q).all()) or not bool((q > 0).all()):
                 raise ValueError("the method returned non-finite or non-positive draws")
             values.append(self._both(q, self.ref[a]))
-        return {key: summary([v[key] for v in values]) for key in self.KEYS}
+            draws.append(q)
+        out = {key: summary([v[key] for v in values]) for key in self.KEYS}
+        if marginals:
+            out["marginals"] = self.marginals(draws)
+        return out
+
+    def marginals(self, draws: list[torch.Tensor]) -> dict:
+        """Per parameter, pooled over the test sets' draws against the whole reference: the
+        mean error in reference sds, ``(mean_q - mean_ref) / sd_ref``, and the sd ratio
+        ``sd_q / sd_ref``, in raw ``u`` and in ``log u``."""
+        q = torch.cat(draws)
+        out = {}
+        for coords, f in (("raw", lambda t: t), ("log", torch.log)):
+            a, r = f(q), f(self.ref)
+            out[coords] = {
+                "mean_error_in_ref_sd": ((a.mean(0) - r.mean(0)) / r.std(0)).tolist(),
+                "sd_ratio": (a.std(0) / r.std(0)).tolist(),
+                "ref_mean": r.mean(0).tolist(), "ref_sd": r.std(0).tolist()}
+        return out
 
 
 def make_guide(problem, args) -> pyro_kr.AmortizedKR:
+    extra = {}  # --embedding-hidden: passed only when given (the guide's default otherwise)
+    if getattr(args, "embedding_hidden", None) is not None:
+        extra["embedding_hidden"] = tuple(args.embedding_hidden)
     guide = pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
                                 embedding_dim=args.embedding_dim,
-                                hidden_dims=tuple(args.hidden))
+                                hidden_dims=tuple(args.hidden), **extra)
     if getattr(args, "kr_dtype", "float64") != "float64":  # the model's own dtype otherwise
         guide.setup()  # build the networks, then cast them before the param store sees them
         guide.nets.to(getattr(torch, args.kr_dtype))
@@ -171,8 +195,13 @@ def kr_draw(guide, y_obs, names):
 
 def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
     pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
+    init_seed = seed if getattr(args, "init_seed", None) is None else args.init_seed
+    pyro.set_rng_seed(init_seed)
     guide = make_guide(problem, args)
+    stream_seed = getattr(args, "stream_seed", None)
+    if stream_seed is not None:  # networks from init_seed, then the training stream reseeded
+        guide.setup()  # idempotent: fit_amortized's own setup() call then builds nothing
+        pyro.set_rng_seed(stream_seed)
     steps = forward_steps(budget, args) if mode != "reverse" else args.reverse_steps
     optim = pyro.optim.ClippedAdam({"lr": args.lr_forward if mode != "reverse" else
                                     args.lr_reverse, "lrd": 0.1 ** (1 / steps),
@@ -207,11 +236,28 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
              **({"average_from": args.average_from, "averaged_steps": history.averaged_steps,
                  "average_val_loss": history.average_val_loss}
                 if getattr(args, "average_from", None) is not None else {}),
-             **({"kr_dtype": args.kr_dtype} if args.kr_dtype != "float64" else {})}
+             **({"kr_dtype": args.kr_dtype} if args.kr_dtype != "float64" else {}),
+             **seed_facts(args, seed)}
     if mode != "reverse":
         facts.update(split(budget, args.validation_fraction), stopped_early=history.stopped_early,
                      val_step=history.val_step, val_loss=history.val_loss)
     return kr_draw(guide, problem.observation(0), problem.param_names), facts, guide
+
+
+def seed_facts(args, seed: int) -> dict:
+    """The bank/init/stream seeds of a row, recorded only when --bank-seed, --init-seed or
+    --stream-seed is given (rows of runs without them are unchanged)."""
+    given = {k: getattr(args, k, None) for k in ("bank_seed", "init_seed", "stream_seed")}
+    if all(v is None for v in given.values()):
+        return {}
+    return {"bank_seed": bank_seed(args, seed),
+            "init_seed": seed if given["init_seed"] is None else given["init_seed"],
+            "stream_seed": given["stream_seed"]}
+
+
+def bank_seed(args, seed: int) -> int:
+    """Seed of the simulation bank: ``10_000 + seed`` unless ``--bank-seed`` is given."""
+    return 10_000 + seed if getattr(args, "bank_seed", None) is None else args.bank_seed
 
 
 def keyword_options(options: list[str] | None, flag: str = "--forward-option") -> dict:
@@ -394,7 +440,7 @@ def run(args, save=None) -> dict:
                                  lambda s=seed: train_kr(problem, "reverse", None, 0, args,
                                                          s))[0])
         for budget in args.budgets:
-            u, y = problem.simulate(budget, seed=10_000 + seed)
+            u, y = problem.simulate(budget, seed=bank_seed(args, seed))
             bank = {**u, "y": y}
             kept = {}  # the forward guide (and its state), continued by the hybrid rows
             tasks = [(m, lr) for m in args.methods for lr in (
@@ -441,13 +487,14 @@ def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, 
         if facts.get("continued_forward_row"):  # the whole hybrid: forward phase + this one
             facts["reverse_cpu_seconds"] = facts["train_cpu_seconds"]
             facts["train_cpu_seconds"] += facts.pop("forward_cpu_seconds")
-        score = scorer.score(draw)
+        score = scorer.score(draw, marginals=getattr(args, "marginals", False))
     except Exception as error:  # noqa: BLE001 - record and go on with the other methods
         log(f"{method} budget={budget} seed={seed} failed: {error!r}")
         return {"method": method, "budget": budget, "seed": seed, "error": repr(error)}, None
     row = {"method": method, "budget": budget, "seed": seed,
            "w2": {k: score[k] for k in ("raw", "scaled_log")},
-           "mmd2_unit_kernel": score["mmd2_unit"], **facts}
+           "mmd2_unit_kernel": score["mmd2_unit"], **facts,
+           **({"marginals": score["marginals"]} if "marginals" in score else {})}
     log(f"{method} budget={budget} seed={seed}: W2 raw {score['raw']['mean']:.4f}, scaled log "
         f"{score['scaled_log']['mean']:.4f}, MMD2 unit {score['mmd2_unit']['mean']:.2e} "
         f"({facts['train_seconds']:.0f} s)")
@@ -676,6 +723,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--embedding-dim", type=int, default=16)
+    parser.add_argument("--embedding-hidden", type=int, nargs="+", default=None,
+                        help="hidden widths of the KR guides' embedding MLP (default: "
+                             "AmortizedKR's own, (64, 64))")
+    parser.add_argument("--bank-seed", type=int, default=None,
+                        help="seed of the simulation bank for every --seeds value (default: "
+                             "10,000 + seed): with --init-seed, bank and network apart")
+    parser.add_argument("--init-seed", type=int, default=None,
+                        help="KR guides: seed of the network initialization and the training "
+                             "stream (default: the --seeds value)")
+    parser.add_argument("--stream-seed", type=int, default=None,
+                        help="KR guides: reseed the training stream (minibatches) with this "
+                             "after the networks are built from --init-seed (default: no "
+                             "reseeding, one stream from --init-seed)")
+    parser.add_argument("--marginals", action="store_true",
+                        help="rows also record each parameter's location error (in reference "
+                             "sds) and sd ratio on the benchmark observation")
     parser.add_argument("--kr-dtype", choices=["float64", "float32"], default="float64",
                         help="our KR guides' networks (and so their training) in this dtype; "
                              "float64 is the model's own (Lotka-Volterra)")

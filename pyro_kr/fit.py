@@ -86,6 +86,8 @@ class History(TrainingHistory):
             ``seconds`` and, for a restart stopped by a NaN loss, ``error``; empty otherwise.
             The per-step fields above are the chosen restart's.
         chosen_restart: the index of the restart kept (``None`` without restarts).
+        restarts_choice: with ``restarts="auto"`` (the default), how many runs were trained
+            and why (the mode survey's finding); ``None`` when ``restarts`` was a number.
         lr_decay_start: the step from which ``fit``'s Adam decayed its lr (the first step of
             the decay, still at the full ``lr``; ``lr_decay`` / ``lr_decay_from``), ``None``
             for a constant lr (or, with ``lr_decay_from="plateau"``, a run stopped before the
@@ -102,6 +104,7 @@ class History(TrainingHistory):
     lam: list[float] = field(default_factory=list)
     restarts: list[dict] = field(default_factory=list)
     chosen_restart: int | None = None
+    restarts_choice: str | None = None
     lr_decay_start: int | None = None
     average_starts: list[int] = field(default_factory=list)
     averaged_steps: list[int] = field(default_factory=list)
@@ -307,17 +310,20 @@ def _postfix(record: dict[str, float], value: float) -> dict[str, str]:
 
 def _check_restarts(restarts, restart_draws, optim, checkpoint) -> None:
     """Refuse unusable ``restarts`` / ``restart_draws`` and what ``restarts > 1`` cannot do."""
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+    if restarts != "auto" and (
+        isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1
+    ):
         raise ValueError(
-            f"restarts must be a positive int, got {restarts!r}; 1 trains once (the default), "
-            "K > 1 trains K times and keeps the run with the best held-out ELBO"
+            f"restarts must be 'auto' or a positive int, got {restarts!r}; 'auto' (the "
+            "default) trains restarts only where the posterior shows several modes, 1 trains "
+            "once, K > 1 trains K times and keeps the run with the best held-out ELBO"
         )
     if isinstance(restart_draws, bool) or not isinstance(restart_draws, int) or restart_draws < 2:
         raise ValueError(
             f"restart_draws must be an int >= 2 (draws of the held-out ELBO estimate), got "
             f"{restart_draws!r}"
         )
-    if restarts == 1:
+    if restarts in (1, "auto"):  # "auto" adapts to optim / checkpoint / torchrun
         return
     if optim is not None:
         raise ValueError(
@@ -459,7 +465,7 @@ def fit(
     lr_decay: bool | None = None,
     lr_decay_from: float | str | None = None,
     average_from: float | int | None = None,
-    restarts: int = 1,
+    restarts: int | str = "auto",
     restart_draws: int = 1000,
     **kwargs,
 ) -> History:
@@ -525,12 +531,22 @@ def fit(
             with a lower ELBO. Costs ``restarts`` times the steps. The choice and every ELBO
             are logged (logger ``pyro_kr.restarts``, INFO) and recorded in
             ``History.restarts`` / ``History.chosen_restart``; the chosen run's parameters are
-            put back in the param store exactly. ``1`` (the default): one run, as before.
-            With ``restarts > 1``: ``optim=`` and ``checkpoint=`` are refused (each restart
-            builds its own Adam from ``lr``; a checkpoint resumes one run), as is a
-            ``torchrun`` launch; ``callback`` runs in every restart (``step`` counts from 0 in
-            each; returning ``True`` ends that restart); a restart stopped by a NaN loss is
-            logged and left out.
+            put back in the param store exactly. ``1``: one run. ``"auto"`` (the default
+            since 2026-12-06): for a dense monotone :class:`~pyro_kr.AutoKR` (at most 200
+            latents) the posterior is first searched for several modes
+            (:meth:`pyro_kr.AutoKR.survey_modes`: L-BFGS from the initial point and four prior
+            draws; deterministic, the random stream untouched); where two or more strict
+            modes hold mass, ``AUTO_RESTARTS`` (8) restarts are trained (8x the steps; logged
+            at WARNING with the modes found), otherwise one run, exactly as with ``1``. With
+            ``optim=`` or ``map="affine"`` a survey that finds several modes is reported at
+            WARNING and one run is trained; with ``checkpoint=``, under ``torchrun``, with
+            ``structure="plates"`` and for other guides there is no survey and one run.
+            ``History.restarts_choice`` says which and why
+            (:func:`pyro_kr.restarts.auto_restarts`). With ``restarts > 1``: ``optim=`` and
+            ``checkpoint=`` are refused (each restart builds its own Adam from ``lr``; a
+            checkpoint resumes one run), as is a ``torchrun`` launch; ``callback`` runs in
+            every restart (``step`` counts from 0 in each; returning ``True`` ends that
+            restart); a restart stopped by a NaN loss is logged and left out.
         restart_draws: number of guide draws of the held-out ELBO estimate (``>= 2``).
         progress: show a progress bar with loss, ELBO, eps, lambda and steps/s (a tqdm bar on
             a terminal or in a notebook; when stderr is not a terminal, e.g. logs or CI, one
@@ -589,16 +605,25 @@ def fit(
     _check_restarts(restarts, restart_draws, optim, checkpoint)
     average_skip = average_start(average_from, steps)  # its errors before any training
     _check_data(model, args, kwargs)
+    restarts_choice = None
+    if restarts == "auto":
+        from pyro_kr.restarts import auto_restarts  # lazy: pyro_kr.restarts imports fit
+
+        restarts, restarts_choice = auto_restarts(guide, args, kwargs, optim=optim,
+                                                  checkpoint=checkpoint)
     if restarts > 1:
         _decay_plan(lr_decay, optim, getattr(loss, "schedule", None), steps,
                     lr_decay_from)  # its errors first
         _resolve_optim(lr, optim)
         from pyro_kr.restarts import fit_restarts  # lazy: it calls fit once per restart
 
-        return fit_restarts(model, guide, args, kwargs, restarts=restarts,
-                            num_draws=restart_draws, loss=loss, steps=steps, lr=lr,
-                            lr_decay=lr_decay, lr_decay_from=lr_decay_from, progress=progress,
-                            callback=callback, check=check, average_from=average_from)
+        history = fit_restarts(model, guide, args, kwargs, restarts=restarts,
+                               num_draws=restart_draws, loss=loss, steps=steps, lr=lr,
+                               lr_decay=lr_decay, lr_decay_from=lr_decay_from,
+                               progress=progress, callback=callback, check=check,
+                               average_from=average_from)
+        history.restarts_choice = restarts_choice
+        return history
     if checkpoint is not None:
         check_writable(checkpoint)
     schedule = getattr(loss, "schedule", None)
@@ -611,7 +636,8 @@ def fit(
     base_lr = 1e-2 if lr is None else lr
     optim = _resolve_optim(lr, optim)
     svi = SVI(model, guide, optim, loss)
-    history = History(lr_decay_start=None if plateau else decay_from)
+    history = History(lr_decay_start=None if plateau else decay_from,
+                      restarts_choice=restarts_choice)
     average = None if average_skip is None else ParamAverage(start=average_skip)
     start = 0
 

@@ -128,9 +128,9 @@ def test_the_whole_call_is_reproducible_from_the_seed():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"restarts": 0}, "restarts must be a positive int, got 0"),
-        ({"restarts": 2.0}, "restarts must be a positive int"),
-        ({"restarts": True}, "restarts must be a positive int"),
+        ({"restarts": 0}, "restarts must be .auto. or a positive int, got 0"),
+        ({"restarts": 2.0}, "restarts must be .auto. or a positive int"),
+        ({"restarts": True}, "restarts must be .auto. or a positive int"),
         ({"restarts": 2, "restart_draws": 1}, "restart_draws must be an int >= 2"),
         ({"restarts": 2, "optim": Adam({"lr": 1e-2})}, "Pass lr= "),
         ({"restarts": 2, "checkpoint": "run.pt"}, "cannot be checkpointed"),

@@ -13,7 +13,13 @@ from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide.initialization import init_to_median
 
 from pyro_kr._validation import check_dim
-from pyro_kr.guides.laplace import LaplaceError, laplace_init, other_mode
+from pyro_kr.guides.laplace import (
+    LaplaceError,
+    ModeSurvey,
+    laplace_init,
+    other_mode,
+    survey_modes,
+)
 from pyro_kr.guides.packing import PackedKRGuide
 from pyro_kr.guides.queries import KRQueries
 from pyro_kr.guides.sparse import (
@@ -224,6 +230,62 @@ class AutoKR(KRQueries, PackedKRGuide):
         logger.log(level, "AutoKR: init_scale=%s instead of the Laplace scale: %s",
                    PLAIN_INIT_SCALE, reason)
         return None
+
+    @property
+    def map_kind(self) -> str:
+        """The map family: ``"monotone"`` or ``"affine"`` (the ``map`` argument)."""
+        return self._map_kind
+
+    def survey_modes(self, *args, **kwargs) -> ModeSurvey:
+        """Search the posterior for several modes (what ``fit(..., restarts="auto")`` reads).
+
+        Runs :func:`pyro_kr.guides.laplace.survey_modes` from ``init_loc_fn``'s point and
+        :data:`LAPLACE_SCALE_STARTS` prior draws (fixed seed), everything inside
+        :func:`torch.random.fork_rng`: the caller's random stream is left as it was, and a
+        guide that is not set up yet stays so (the survey uses an affine ``AutoKR`` of the
+        same model, order and ``init_loc_fn``, so the guide's own start and training are
+        exactly what they would be without the survey). Costs up to five L-BFGS searches and
+        one ``d x d`` Hessian per search end. Not run (``survey.skipped`` says why) with
+        ``structure="plates"`` and above :data:`LAPLACE_SCALE_MAX_DIM` latents; a survey that
+        raises is reported the same way.
+
+        Args:
+            *args, **kwargs: the model's arguments.
+
+        Returns:
+            A :class:`~pyro_kr.guides.laplace.ModeSurvey` (``survey.several``: more than one
+            mode holds mass).
+
+        Example:
+            >>> import pyro, pyro.distributions as dist, torch
+            >>> def model():
+            ...     z = pyro.sample("z", dist.Normal(0.0, 3.0))
+            ...     pyro.sample("y", dist.Normal(z ** 2, 0.1), obs=torch.tensor(4.0))
+            >>> AutoKR(model).survey_modes().several  # z near +2 and near -2
+            True
+        """
+        if self._structure == "plates":
+            return ModeSurvey(skipped="structure='plates' (a hierarchy's sparse map)")
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                probe = self
+                if self.prototype_trace is None:
+                    order = list(self._order) if self._order_given else "model"
+                    # self.model already carries this guide's init_loc_fn (Pyro wraps it in
+                    # an InitMessenger), which sets every value before the probe's own would
+                    probe = AutoKR(self.model, map="affine", order=order,
+                                   init_scale=PLAIN_INIT_SCALE)
+                    probe._setup_prototype(*args, **kwargs)
+                if probe.latent_dim > LAPLACE_SCALE_MAX_DIM:
+                    return ModeSurvey(skipped=f"{probe.latent_dim} latents, more than "
+                                              f"LAPLACE_SCALE_MAX_DIM = {LAPLACE_SCALE_MAX_DIM}")
+                loc = probe._init_loc().detach()
+                return survey_modes(probe, loc, *args, num_starts=LAPLACE_SCALE_STARTS,
+                                    **kwargs)
+        except Exception as exc:  # noqa: BLE001 - reported, never fatal: the survey advises
+            reason = f"the mode survey failed ({type(exc).__name__}: {exc})".splitlines()[0]
+            return ModeSurvey(skipped=reason[:300])
 
     def _sparse_init_scale(self) -> float:
         """The numeric scale of the sparse map (``"laplace_scale"`` needs a dense factor:

@@ -16,6 +16,7 @@ L-BFGS on the packed log density, with no second guide and no SVI loop.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from pyro import poutine
@@ -24,8 +25,8 @@ from pyro.distributions.transforms import biject_to
 from pyro_kr.transforms.affine import MIN_DIAGONAL
 
 __all__ = [
-    "LaplaceError", "find_mode", "laplace_init", "other_mode", "packed_log_density",
-    "prior_starts",
+    "LaplaceError", "ModeSurvey", "find_mode", "laplace_init", "other_mode",
+    "packed_log_density", "prior_starts", "survey_modes",
 ]
 
 
@@ -235,3 +236,126 @@ def other_mode(
                 "search does not settle"
             )
     return None
+
+
+@dataclass
+class ModeSurvey:
+    """What :func:`survey_modes` found: the distinct strict modes of the packed posterior.
+
+    Attributes:
+        modes: one ``(point (d,), log density, Laplace log mass)`` per distinct strict mode
+            whose Laplace mass is at least ``min_mass`` of the largest, largest first.
+        minor: distinct strict modes left out of ``modes`` for their small mass.
+        searches: one line per search: where it started and what it found (a mode, a point
+            that is not a strict mode, or a failure).
+        skipped: why no search was run (``None`` when the survey ran).
+    """
+
+    modes: list[tuple[torch.Tensor, float, float]] = field(default_factory=list)
+    minor: list[tuple[torch.Tensor, float, float]] = field(default_factory=list)
+    searches: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    @property
+    def several(self) -> bool:
+        """Whether the survey found more than one mode holding mass."""
+        return len(self.modes) > 1
+
+    def summary(self) -> str:
+        """One line: the modes found and their log densities, and the searches' count."""
+        if self.skipped is not None:
+            return f"no mode survey: {self.skipped}"
+        found = ", ".join(f"{lp:.4g}" for _, lp, _ in self.modes) or "none"
+        return (f"{len(self.modes)} distinct mode(s) holding mass (log densities {found}; "
+                f"{len(self.minor)} minor) from {len(self.searches)} searches")
+
+
+def _strict_mode(guide, point: torch.Tensor, *args, grad_tol: float, **kwargs):
+    """``(log density, scale_tril)`` at ``point`` if it is a strict local maximum (a
+    whitened gradient below ``grad_tol`` and a positive definite Hessian), else a reason."""
+
+    def negative_log_density(z: torch.Tensor) -> torch.Tensor:
+        return -packed_log_density(guide, z, *args, **kwargs)
+
+    with torch.enable_grad():
+        z = point.detach().clone().requires_grad_(True)
+        value = negative_log_density(z)
+        (gradient,) = torch.autograd.grad(value, z)
+        hessian = torch.autograd.functional.hessian(negative_log_density, point.detach())
+    hessian = 0.5 * (hessian + hessian.T)
+    precision_tril, info = torch.linalg.cholesky_ex(hessian)
+    if int(info) != 0 or not bool(torch.isfinite(precision_tril).all()):
+        return "the Hessian there is not positive definite"
+    # |H^{-1/2} g|: the gradient in units of the Laplace sds (the distance to the mode of
+    # the local quadratic, in those sds)
+    white = torch.linalg.solve_triangular(precision_tril, gradient.unsqueeze(-1), upper=False)
+    step = float(white.norm())
+    if not step <= grad_tol:
+        return f"not settled (the Newton step is {step:.3g} Laplace sds)"
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    scale_tril = torch.linalg.solve_triangular(precision_tril, eye, upper=False).T
+    return -float(value.detach()), scale_tril
+
+
+def survey_modes(
+    guide, start: torch.Tensor, *args, num_starts: int = 4, seed: int = 0, tol: float = 1.0,
+    min_mass: float = 0.01, grad_tol: float = 1e-2, **kwargs
+) -> ModeSurvey:
+    """Search the packed posterior for its strict modes from ``start`` and ``num_starts``
+    prior draws.
+
+    Every search is :func:`find_mode` (L-BFGS). Its end point counts as a strict mode when
+    the Hessian of ``-log p`` there is positive definite and the Newton step
+    ``|H^{-1/2} grad|`` is below ``grad_tol`` Laplace sds (a search that stopped on a ridge
+    or in a funnel's neck does not count). Two modes are the same when each lies within
+    ``tol`` Laplace sds of the other (``|L^-1 (m1 - m2)|`` with either mode's Laplace factor
+    ``L``). A mode holds mass when its Laplace mass ``p(m) (2 pi)^{d/2} |det L|`` is at
+    least ``min_mass`` of the largest. Deterministic: the prior draws use ``seed`` inside
+    :func:`torch.random.fork_rng`, L-BFGS draws nothing.
+
+    Args:
+        guide: a set-up packed KR guide (as :func:`packed_log_density`).
+        start: the first search's starting point, shape ``(d,)``.
+        num_starts: further searches, from prior draws (:func:`prior_starts`).
+        seed, tol, min_mass, grad_tol: as above.
+
+    Returns:
+        A :class:`ModeSurvey`; ``survey.several`` is true when two or more modes hold mass.
+    """
+    starts = [("the initial point", start.detach())]
+    if num_starts > 0:
+        draws = prior_starts(guide, num_starts, *args, seed=seed, **kwargs).to(start)
+        starts += [(f"prior draw {k}", draw) for k, draw in enumerate(draws)]
+    survey = ModeSurvey()
+    found: list[tuple[torch.Tensor, float, float, torch.Tensor]] = []
+    for label, point in starts:
+        try:
+            end = find_mode(guide, point, *args, **kwargs)
+            strict = _strict_mode(guide, end, *args, grad_tol=grad_tol, **kwargs)
+        except LaplaceError as exc:
+            survey.searches.append(f"{label}: the search failed ({str(exc)[:120]})")
+            continue
+        if isinstance(strict, str):
+            survey.searches.append(f"{label}: {strict}")
+            continue
+        log_density, scale_tril = strict
+        for index, (mode, _, _, other_tril) in enumerate(found):
+            near = all(
+                float(torch.linalg.solve_triangular(
+                    tril, (end - mode).unsqueeze(-1), upper=False).norm()) <= tol
+                for tril in (scale_tril, other_tril)
+            )
+            if near:
+                survey.searches.append(f"{label}: mode {index}")
+                break
+        else:
+            log_mass = log_density + float(scale_tril.diagonal().log().sum())
+            survey.searches.append(f"{label}: mode {len(found)} (log density "
+                                   f"{log_density:.4g})")
+            found.append((end, log_density, log_mass, scale_tril))
+    if found:
+        largest = max(mass for _, _, mass, _ in found)
+        for mode, log_density, log_mass, _ in sorted(found, key=lambda m: -m[2]):
+            keep = log_mass >= largest + math.log(min_mass)
+            (survey.modes if keep else survey.minor).append((mode, log_density, log_mass))
+    return survey

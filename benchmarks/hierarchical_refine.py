@@ -21,6 +21,12 @@ vectorized particles per step, Adam ``--lr``:
   global-local dependencies, as built in benchmarks/hierarchical.py): Pyro's autoguides in the
   ``Trace_ELBO`` loop above. A step whose loss is not finite, or that raises Pyro's
   NaN-parameter error, ends the run with ``failed`` in the row (no metrics).
+* ``--guide-kw`` (JSON): AutoKR keyword arguments for ``--guide sparse`` / ``affine`` (e.g.
+  ``depth``, ``hidden_dims``, ``num_bumps``, ``init_scale``, ``order``); ``--global-depth K``
+  (with ``--global-kw``): the sparse map's globals part rebuilt with ``K`` fresh monotone layers
+  (``0``: affine globals), a script-level screen; ``--draw-seeds``: the trained guide also scored
+  on draws with these seeds (row ``redraws``, the metric's noise). All default to the behaviour
+  of the stored rows, which they reproduce bit for bit.
 
 Prints one JSON line per training seed (W2 of the globals, sd errors, mean of the scale's
 log and, on the normal model, its 1/10/50/90/99 % quantiles, mean local W2, PSIS k-hat on
@@ -47,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+from pyro.distributions.transforms import ComposeTransformModule
 from pyro.infer import RenyiELBO, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal
 
@@ -66,11 +73,14 @@ def negelbo(model, guide, args, particles: int, reps: int) -> list[float]:
         return [float(el.loss(model, guide, *args)) for _ in range(reps)]
 
 
-def make_guide(name: str, model):
+def make_guide(name: str, model, guide_kw: dict | None = None):
+    """``guide_kw``: AutoKR keyword arguments merged over those of ``sparse`` / ``affine``."""
+    kw = guide_kw or {}
     if name == "sparse":
-        return pyro_kr.AutoKR(model, structure="plates", order=H.MEASURED_ORDER)
+        return pyro_kr.AutoKR(model, **{"structure": "plates", "order": H.MEASURED_ORDER, **kw})
     if name == "affine":  # autokr_sparse_affine of benchmarks/hierarchical.py
-        return pyro_kr.AutoKR(model, map="affine", structure="plates", order=H.MEASURED_ORDER)
+        return pyro_kr.AutoKR(model, **{"map": "affine", "structure": "plates",
+                                        "order": H.MEASURED_ORDER, **kw})
     if name == "iaf":
         return AutoIAFNormal(model)
     if name == "autonormal":
@@ -80,6 +90,21 @@ def make_guide(name: str, model):
         return H.make_logistic_guide(key) if model is H.logistic_model else H.make_guide(key)
     raise ValueError(f"guide must be sparse, affine, iaf, autonormal, lowrank or structured here, "
                      f"got {name!r}")
+
+
+def rebuild_globals(guide, args, depth: int, options: dict) -> None:
+    """Replace the monotone layers of a sparse AutoKR's globals map (a script-level screen,
+    not an AutoKR option): ``depth`` fresh ``MonotoneTriangular`` layers with ``options``
+    (``0``: the globals' map is its triangular affine layer alone); the affine layer and the
+    locals' map are kept."""
+    guide._setup_prototype(*args)
+    smap = guide.transform
+    if not hasattr(smap, "global_map"):
+        raise ValueError("--global-depth needs the sparse map (structure='plates')")
+    affine = smap.global_map[-1]
+    dg = smap.global_dim
+    layers = [pyro_kr.MonotoneTriangular(dg, **options).to(affine.loc) for _ in range(depth)]
+    smap.global_map = ComposeTransformModule([*layers, affine], cache_size=1)
 
 
 def _step(svi, args, done: int, out: dict):
@@ -113,7 +138,11 @@ def train(a, model, args) -> tuple[object, dict]:
                         check=False)
         out["steps_done"] = a.steps
         return guide, out
-    guide = make_guide(a.guide, model)
+    if (a.guide_kw != "{}" or a.global_depth is not None) and a.guide not in ("sparse", "affine"):
+        raise ValueError("--guide-kw and --global-depth apply to --guide sparse / affine only")
+    guide = make_guide(a.guide, model, json.loads(a.guide_kw))
+    if a.global_depth is not None:
+        rebuild_globals(guide, args, a.global_depth, json.loads(a.global_kw))
     optim = pyro.optim.Adam({"lr": a.lr})
     base = Trace_ELBO(num_particles=a.particles, vectorize_particles=True, max_plate_nesting=1)
     svi = pyro.infer.SVI(model, guide, optim, base)
@@ -148,6 +177,15 @@ def evaluate(a, seed, guide, model, args, data) -> dict:
     if a.kind == "normal":
         y, sigma = data
         ref_g, ref_t = H.reference(y, sigma, 4000)
+        for draw_seed in a.draw_seeds or []:  # the metric's noise: other draws, same guide
+            pyro.set_rng_seed(draw_seed)
+            gd, _ = H.draws_of(guide, y, sigma, 4000)
+            row.setdefault("redraws", []).append({
+                "draw_seed": draw_seed,
+                "w2_globals": H.w2_2d(gd[:1000], ref_g[:1000]),
+                "sd_err_mu": float(abs(gd[:, 0].std() / ref_g[:, 0].std() - 1)),
+                "sd_err_log_tau": float(abs(gd[:, 1].std() / ref_g[:, 1].std() - 1)),
+                "mean_log_tau": float(gd[:, 1].mean())})
         pyro.set_rng_seed(seed)
         gd, t = H.draws_of(guide, y, sigma, 4000)
         row["w2_globals"] = H.w2_2d(gd[:1000], ref_g[:1000])
@@ -197,6 +235,19 @@ def main() -> None:
     p.add_argument("--kw", default="{}",
                    help="JSON of AutoKR keyword arguments for the *_default guides, e.g. "
                         "'{\"order\": \"model\"}'")
+    p.add_argument("--guide-kw", default="{}",
+                   help="JSON of AutoKR keyword arguments for --guide sparse / affine, merged "
+                        "over the guide's own (structure, order, map), e.g. '{\"depth\": 3}', "
+                        "'{\"hidden_dims\": [64, 64]}', '{\"order\": [\"tau\", \"mu\"]}'")
+    p.add_argument("--global-depth", type=int, default=None,
+                   help="rebuild the sparse map's globals part with this many fresh monotone "
+                        "layers (0: affine globals), the locals' map unchanged (a script-level "
+                        "screen, not an AutoKR option)")
+    p.add_argument("--global-kw", default="{}",
+                   help="JSON of MonotoneTriangular options for --global-depth's layers")
+    p.add_argument("--draw-seeds", type=int, nargs="*", default=None,
+                   help="normal model: also score the trained guide on draws with these seeds "
+                        "(row 'redraws'; the metric's noise), before the usual draws")
     p.add_argument("--output", type=Path, default=None, help="append the rows to this JSON")
     a = p.parse_args()
     if not 0 <= a.refine < a.steps:

@@ -249,6 +249,12 @@ class ModeSurvey:
         searches: one line per search: where it started and what it found (a mode, a point
             that is not a strict mode, or a failure).
         skipped: why no search was run (``None`` when the survey ran).
+
+    Example:
+        >>> ModeSurvey(skipped="structure='plates'").summary()
+        "no mode survey: structure='plates'"
+        >>> ModeSurvey().several  # nothing found: not several
+        False
     """
 
     modes: list[tuple[torch.Tensor, float, float]] = field(default_factory=list)

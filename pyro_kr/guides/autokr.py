@@ -243,8 +243,9 @@ class AutoKR(KRQueries, PackedKRGuide):
         :data:`LAPLACE_SCALE_STARTS` prior draws (fixed seed), everything inside
         :func:`torch.random.fork_rng`: the caller's random stream is left as it was, and a
         guide that is not set up yet stays so (the survey uses an affine ``AutoKR`` of the
-        same model, order and ``init_loc_fn``, so the guide's own start and training are
-        exactly what they would be without the survey). Costs up to five L-BFGS searches and
+        same model and ``init_loc_fn``, in the order given or else the model's: the modes
+        do not depend on the order; the guide's own start and training are exactly what they
+        would be without the survey). Costs up to five L-BFGS searches and
         one ``d x d`` Hessian per search end. Not run (``survey.skipped`` says why) with
         ``structure="plates"`` and above :data:`LAPLACE_SCALE_MAX_DIM` latents; a survey that
         raises is reported the same way.

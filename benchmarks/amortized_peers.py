@@ -175,9 +175,12 @@ def make_guide(problem, args) -> pyro_kr.AmortizedKR:
     extra = {}  # --embedding-hidden: passed only when given (the guide's default otherwise)
     if getattr(args, "embedding_hidden", None) is not None:
         extra["embedding_hidden"] = tuple(args.embedding_hidden)
-    guide = pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
-                                embedding_dim=args.embedding_dim,
-                                hidden_dims=tuple(args.hidden), **extra)
+    if getattr(args, "library_guide", False):  # AmortizedKR's own defaults, nothing passed
+        guide = pyro_kr.AmortizedKR(problem.model, observed="y", **extra)
+    else:
+        guide = pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
+                                    embedding_dim=args.embedding_dim,
+                                    hidden_dims=tuple(args.hidden), **extra)
     if getattr(args, "kr_dtype", "float64") != "float64":  # the model's own dtype otherwise
         guide.setup()  # build the networks, then cast them before the param store sees them
         guide.nets.to(getattr(torch, args.kr_dtype))
@@ -237,6 +240,7 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
                  "average_val_loss": history.average_val_loss}
                 if getattr(args, "average_from", None) is not None else {}),
              **({"kr_dtype": args.kr_dtype} if args.kr_dtype != "float64" else {}),
+             **({"library_guide": True} if getattr(args, "library_guide", False) else {}),
              **seed_facts(args, seed)}
     if mode != "reverse":
         facts.update(split(budget, args.validation_fraction), stopped_early=history.stopped_early,
@@ -414,7 +418,7 @@ def train_npe(sbi, problem, bank, budget: int, estimator: str, args, seed: int) 
 
 def run(args, save=None) -> dict:
     """Train and score every method; ``save(result)`` is called after every row."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(getattr(args, "threads", 1))
     problem = problems.get("lotka_volterra")
     scorer = Scorer(problem, args.n_test, args.test_sets,
                     None if args.smoke else Path(args.plot_dir).parent / "floor_cache")
@@ -511,7 +515,8 @@ DEFAULT_VALIDATION_FRACTION = 0.1  # ``--validation-fraction``'s default (sbi's 
 
 def label(row: dict) -> str:
     """The method's name; forward rows trained with fit_amortized's defaults are marked, so are
-    rows kept as a tail average of the iterates (``--average-from``), and so is a validation
+    rows kept as a tail average of the iterates (``--average-from``), rows of AmortizedKR's own
+    default guide (``--library-guide``), and so is a validation
     split other than the default 10% (e.g. the paper's 10k + 10k), so that the table and the
     plot keep rows of the same budget and seed with different settings apart.
 
@@ -520,6 +525,8 @@ def label(row: dict) -> str:
     'forward (defaults, 50% val.)'
     """
     marks = ["defaults"] if row.get("forward_defaults") else []
+    if row.get("library_guide"):  # AmortizedKR's own conditioner and embedding (--library-guide)
+        marks.append("library guide")
     if row.get("continued_forward_row") and row.get("reverse_lr", 1e-3) != 1e-3:
         marks.append(f"reverse lr {row['reverse_lr']:g}")
     if row.get("kr_dtype", "float64") != "float64":
@@ -651,7 +658,8 @@ def merge(paths: list[str], out: str, plot_dir: str,
             runs.append({"file": Path(path).name, "command": d["command"],
                          "settings": d["settings"], "test_sets": d["test_sets"],
                          **({"git_commit": d["git_commit"]} if "git_commit" in d else {})})
-            rows += [dict(r, run=Path(path).name) for r in d["rows"]]
+            guide = {"library_guide": True} if d["settings"].get("library_guide") else {}
+            rows += [dict(r, run=Path(path).name, **guide) for r in d["rows"]]
     most = max(payloads, key=lambda d: d["test_sets"])
     result = {
         "runs": runs, "rows": rows, "floor_w2": most["floor_w2"], "n_test": most["n_test"],
@@ -723,6 +731,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--embedding-dim", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1; 2 measures the wall-clock on 2 cores: "
+                             "train_seconds is then the wall-clock, train_cpu_seconds the sum "
+                             "over both threads)")
+    parser.add_argument("--library-guide", action="store_true",
+                        help="build AmortizedKR with its own defaults (conditioner widths, "
+                             "embedding, depth): --depth, --hidden and --embedding-dim are "
+                             "ignored")
     parser.add_argument("--embedding-hidden", type=int, nargs="+", default=None,
                         help="hidden widths of the KR guides' embedding MLP (default: "
                              "AmortizedKR's own, (64, 64))")
@@ -769,7 +785,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.n_test, args.test_sets, args.npe_max_epochs = 100, 1, 2
         args.sbc_datasets = min(args.sbc_datasets, 10)
     header = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "settings": vars(args), "torch_threads": 1,
+              "settings": vars(args), "torch_threads": args.threads,
               "git_commit": git_commit()}
     writes = not args.smoke or args.out != str(RESULTS)
 

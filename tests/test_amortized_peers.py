@@ -107,6 +107,36 @@ def test_float32_guides_are_labelled_apart_and_train_in_float32():
     assert guide.sample(problem.observation(0), 3)["alpha"].dtype == torch.float32
 
 
+def test_library_guide_builds_amortizedkr_with_its_own_defaults_and_is_labelled_apart():
+    # --library-guide: AmortizedKR(model, observed="y") with nothing else passed, so the
+    # networks have exactly the parameter shapes of the library's default guide (not the
+    # benchmark's narrower --hidden / --embedding-dim); its rows get their own label
+    import argparse
+
+    import pyro
+
+    import pyro_kr
+    from pyro_kr.bench import problems
+
+    bench = _load()
+    row = {"method": "forward", "forward_defaults": True, "budget": 20_000, "seed": 0,
+           "validation_simulations": 2_000}
+    assert bench.label({**row, "library_guide": True}) == "forward (defaults, library guide)"
+    problem = problems.get("lotka_volterra")
+
+    def shapes(guide):
+        pyro.clear_param_store()
+        guide.setup()
+        guide.networks()
+        return {k: tuple(v.shape) for k, v in pyro.get_param_store().items()}
+
+    narrow = argparse.Namespace(depth=2, embedding_dim=16, hidden=[64, 64], kr_dtype="float64")
+    wide = argparse.Namespace(**vars(narrow), library_guide=True)
+    default = shapes(pyro_kr.AmortizedKR(problem.model, observed="y"))
+    assert shapes(bench.make_guide(problem, wide)) == default
+    assert shapes(bench.make_guide(problem, narrow)) != default
+
+
 def test_smoke_hybrid_rws_continues_forward_with_the_anchor_and_counts_evaluations(tmp_path):
     bench = _load()
     payload = bench.main(["--smoke", "--methods", "forward", "hybrid_rws",

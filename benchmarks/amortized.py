@@ -127,9 +127,7 @@ def lotka_volterra(mode: str, args) -> dict:
     ref = stack(problem.reference(0), names)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    guide = pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
-                                init_scale=args.init_scale, embedding_dim=args.embedding_dim,
-                                hidden_dims=tuple(args.hidden))
+    guide = lotka_volterra_guide(problem, args)
     if args.init_params:  # continue from a saved run (e.g. reverse fine-tuning of forward)
         pyro.get_param_store().load(args.init_params)
         log(f"lotka_volterra/{mode}: parameters loaded from {args.init_params}")
@@ -209,6 +207,16 @@ def lotka_volterra(mode: str, args) -> dict:
     }
 
 
+def lotka_volterra_guide(problem, args) -> pyro_kr.AmortizedKR:
+    """The benchmark's guide (``--depth``, ``--init-scale``, ``--embedding-dim``, ``--hidden``),
+    or with ``--library-guide`` ``AmortizedKR``'s own defaults (nothing passed)."""
+    if getattr(args, "library_guide", False):
+        return pyro_kr.AmortizedKR(problem.model, observed="y")
+    return pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
+                               init_scale=args.init_scale, embedding_dim=args.embedding_dim,
+                               hidden_dims=tuple(args.hidden))
+
+
 def timing_only(args) -> dict:
     """Time 10,000 draws with an untrained guide of the benchmark's architecture.
 
@@ -219,9 +227,7 @@ def timing_only(args) -> dict:
     problem = problems.get("lotka_volterra")
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    guide = pyro_kr.AmortizedKR(problem.model, observed="y", depth=args.depth,
-                                init_scale=args.init_scale, embedding_dim=args.embedding_dim,
-                                hidden_dims=tuple(args.hidden))
+    guide = lotka_volterra_guide(problem, args)
     _, y_new = problem.simulate(1, seed=12345)
     speed = time_draws(guide, y_new[0], args.repeats)
     reference_s = problem_reference_seconds()
@@ -236,9 +242,9 @@ def timing_only(args) -> dict:
 
 def problem_reference_seconds() -> float:
     """Wall time of the shipped PyMC reference run (from its metadata file)."""
-    from importlib.resources import files
+    from pyro_kr.bench.problems.references import reference_dir
 
-    meta = files("pyro_kr") / "data" / "references" / "lotka_volterra_obs0.json"
+    meta = reference_dir() / "lotka_volterra_obs0.json"
     return float(json.loads(meta.read_text())["wall_time_s"])
 
 
@@ -433,6 +439,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--smoke", action="store_true", help="tiny settings, seconds")
+    parser.add_argument("--library-guide", action="store_true",
+                        help="Lotka-Volterra: AmortizedKR with its own defaults (--depth, "
+                             "--init-scale, --embedding-dim and --hidden are ignored)")
     parser.add_argument("--timing-only", action="store_true",
                         help="only time 10,000 draws (untrained guide, same architecture)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",

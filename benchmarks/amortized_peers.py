@@ -578,7 +578,8 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
 
     Where several rows share a label (the method with its defaults and split marks: see
     ``label``), budget and seed (a rerun), the last one is plotted; a non-default validation
-    split gets its own series (square markers)."""
+    split gets its own series (square markers), so does AmortizedKR's own default guide
+    (``--library-guide``: diamonds, dashed)."""
     try:
         import matplotlib
 
@@ -608,7 +609,9 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
             high = [max(points[b]) - m for m, b in zip(mean, xs, strict=True)]
             seeds = sorted({len(points[b]) for b in xs})
             ax.errorbar([x * shift for x in xs], mean, yerr=[low, high],
-                        fmt=("s-" if "% val." in method else "o-"), capsize=3,
+                        fmt=("s" if "% val." in method else "D" if "library guide" in method
+                             else "o") + ("--" if "library guide" in method else "-"),
+                        capsize=3,
                         color=COLORS.get(method.split()[0]),
                         mfc="white" if "(defaults" in method else None,
                         label=f"{method} ({'/'.join(map(str, seeds))} seeds)")

@@ -135,6 +135,12 @@ def test_library_guide_builds_amortizedkr_with_its_own_defaults_and_is_labelled_
     default = shapes(pyro_kr.AmortizedKR(problem.model, observed="y"))
     assert shapes(bench.make_guide(problem, wide)) == default
     assert shapes(bench.make_guide(problem, narrow)) != default
+    # benchmarks/amortized.py (training and --timing-only) builds the same with the same flag
+    single = load_benchmark("amortized.py", "amortized_bench")
+    narrow.init_scale = wide.init_scale = 0.1
+    assert shapes(single.lotka_volterra_guide(problem, wide)) == default
+    assert shapes(single.lotka_volterra_guide(problem, narrow)) == shapes(
+        bench.make_guide(problem, narrow))
 
 
 def test_smoke_hybrid_rws_continues_forward_with_the_anchor_and_counts_evaluations(tmp_path):

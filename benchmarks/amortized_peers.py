@@ -25,7 +25,11 @@ and reference draws, over ``--test-sets`` reference subsets, in raw ``u`` and in
 divided by the prior sd (0.7071), each with its noise floor (reference vs reference, same
 ``n``), and by the unbiased MMD² with the unit kernel ``exp(-|a - b|²)`` in raw ``u`` (with its
 floor). Kerrigan et al. 2024 does not say in which coordinates its W2 is computed nor which MMD
-kernel it uses; its 0.0402 and 0.95e-3 are quoted only with that caveat. Results go to
+kernel it uses; its 0.0402 and 0.95e-3 are quoted only with that caveat. With
+``--test-observations DIR`` every method is also scored, with the same metrics and draw seeds,
+on held-out prior-predictive observations with NUTS references
+(``benchmarks/lv_test_observations.py`` builds them): one observation can rank methods by its
+own luck. Results go to
 ``benchmarks/results/amortized_peers.json``, a table is printed and W2 against budget (log
 axes) is plotted into ``bench-out/amortized_peers/`` (and ``--figure``, for the docs).
 
@@ -112,15 +116,18 @@ class Scorer:
 
     KEYS = ("raw", "scaled_log", "mmd2_unit")
 
-    def __init__(self, problem, n_test: int, test_sets: int, cache: Path | None = None) -> None:
+    def __init__(self, problem, n_test: int, test_sets: int, cache: Path | None = None,
+                 reference: dict | None = None, tag: str = "") -> None:
+        """``reference``: ``{name: draws (n,)}`` of another observation (default: the shipped
+        reference of the benchmark observation); ``tag`` names its floor's cache file."""
         names = problem.param_names
-        ref = problem.reference(0)
+        ref = problem.reference(0) if reference is None else reference
         self.ref = torch.stack([torch.as_tensor(ref[k]).reshape(-1) for k in names], -1).double()
         self.n = min(n_test, self.ref.shape[0] // 2)
         gen = torch.Generator().manual_seed(0)
         perms = [torch.randperm(self.ref.shape[0], generator=gen) for _ in range(test_sets)]
         self.subsets = [(p[: self.n], p[self.n : 2 * self.n]) for p in perms]
-        path = None if cache is None else cache / f"floor_n{self.n}_sets{test_sets}.json"
+        path = None if cache is None else cache / f"floor{tag}_n{self.n}_sets{test_sets}.json"
         if path is not None and path.exists():  # deterministic: the same subsets every run
             self.floor = json.loads(path.read_text())
             return
@@ -187,6 +194,11 @@ def make_guide(problem, args) -> pyro_kr.AmortizedKR:
     return guide
 
 
+def kr_draws(guide, names):
+    """``y -> draw``: the guide's posterior draws at any observation ``y``."""
+    return lambda y_obs: kr_draw(guide, y_obs, names)
+
+
 def kr_draw(guide, y_obs, names):
     def draw(n: int, seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
@@ -245,7 +257,7 @@ def train_kr(problem, mode: str, bank, budget: int, args, seed: int) -> tuple:
     if mode != "reverse":
         facts.update(split(budget, args.validation_fraction), stopped_early=history.stopped_early,
                      val_step=history.val_step, val_loss=history.val_loss)
-    return kr_draw(guide, problem.observation(0), problem.param_names), facts, guide
+    return kr_draws(guide, problem.param_names), facts, guide
 
 
 def seed_facts(args, seed: int) -> dict:
@@ -342,7 +354,7 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
                      average_val_loss=forward_facts.get("average_val_loss"))
     if trace_at:
         facts.update(trace=trace, trace_cpu_seconds=trace_cpu[0])
-    return kr_draw(guide, problem.observation(0), problem.param_names), facts, guide
+    return kr_draws(guide, problem.param_names), facts, guide
 
 
 def calibration(problem, guide, args) -> dict:
@@ -380,13 +392,17 @@ def train_cot(problem, bank, budget: int, args, seed: int) -> tuple:
             validation=0.1, validate_every=max(1, steps // 10), progress=args.progress,
             seed=seed)
     facts = {"train_seconds": time.perf_counter() - t0, "steps": steps, "simulations": budget}
-    post = cot.posterior(problem.observation(0).reshape(-1))  # transform_y applies the log
 
-    def draw(n: int, s: int) -> torch.Tensor:
-        torch.manual_seed(s)
-        return post.sample((n,)).exp()
+    def draw_at(y_obs: torch.Tensor):
+        post = cot.posterior(y_obs.reshape(-1))  # transform_y applies the log
 
-    return draw, facts, None
+        def draw(n: int, s: int) -> torch.Tensor:
+            torch.manual_seed(s)
+            return post.sample((n,)).exp()
+
+        return draw
+
+    return draw_at, facts, None
 
 
 def train_npe(sbi, problem, bank, budget: int, estimator: str, args, seed: int) -> tuple:
@@ -407,13 +423,17 @@ def train_npe(sbi, problem, bank, budget: int, estimator: str, args, seed: int) 
              "epochs": int(inference._summary["epochs_trained"][-1])
              if hasattr(inference, "_summary") else None,
              "sbi_version": sbi.__version__}
-    x_obs = problem.observation(0).reshape(-1).log().float()
 
-    def draw(n: int, s: int) -> torch.Tensor:
-        torch.manual_seed(s)
-        return posterior.sample((n,), x=x_obs, show_progress_bars=False).double().exp()
+    def draw_at(y_obs: torch.Tensor):
+        x_obs = y_obs.reshape(-1).log().float()
 
-    return draw, facts, None
+        def draw(n: int, s: int) -> torch.Tensor:
+            torch.manual_seed(s)
+            return posterior.sample((n,), x=x_obs, show_progress_bars=False).double().exp()
+
+        return draw
+
+    return draw_at, facts, None
 
 
 def run(args, save=None) -> dict:
@@ -422,6 +442,7 @@ def run(args, save=None) -> dict:
     problem = problems.get("lotka_volterra")
     scorer = Scorer(problem, args.n_test, args.test_sets,
                     None if args.smoke else Path(args.plot_dir).parent / "floor_cache")
+    tests = test_scorers(problem, args)
     sbi = import_sbi()
     skipped = {}
     if sbi is None:
@@ -442,7 +463,7 @@ def run(args, save=None) -> dict:
         if "reverse" in args.methods:  # no simulation bank: trained once per seed
             rows.append(evaluate(scorer, problem, args, "reverse", None, seed,
                                  lambda s=seed: train_kr(problem, "reverse", None, 0, args,
-                                                         s))[0])
+                                                         s), tests)[0])
         for budget in args.budgets:
             u, y = problem.simulate(budget, seed=bank_seed(args, seed))
             bank = {**u, "y": y}
@@ -470,7 +491,7 @@ def run(args, save=None) -> dict:
                 else:
                     fn = lambda m=method, b=budget, s=seed, k=bank: train_npe(  # noqa: E731
                         sbi, problem, k, b, m.split("_")[1], args, s)
-                row, guide = evaluate(scorer, problem, args, method, budget, seed, fn)
+                row, guide = evaluate(scorer, problem, args, method, budget, seed, fn, tests)
                 rows.append(row)
                 if save is not None:
                     save(partial(rows))
@@ -480,12 +501,15 @@ def run(args, save=None) -> dict:
     return partial(rows)
 
 
-def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, object]:
-    """Train, score on the benchmark observation and (KR modes, ``--sbc-datasets``) calibrate."""
+def evaluate(scorer, problem, args, method, budget, seed, train,
+             tests: list | None = None) -> tuple[dict, object]:
+    """Train, score on the benchmark observation (and on the ``tests``: ``(record, Scorer)``
+    pairs of ``--test-observations``) and (KR modes, ``--sbc-datasets``) calibrate."""
     log(f"{method} budget={budget} seed={seed}: training")
     cpu = time.process_time()  # CPU seconds of this process: the wall time under load inflates
     try:
-        draw, facts, guide = train()
+        draw_at, facts, guide = train()
+        draw = draw_at(problem.observation(0))
         facts["train_cpu_seconds"] = (time.process_time() - cpu
                                       - facts.get("trace_cpu_seconds", 0.0))
         if facts.get("continued_forward_row"):  # the whole hybrid: forward phase + this one
@@ -499,6 +523,11 @@ def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, 
            "w2": {k: score[k] for k in ("raw", "scaled_log")},
            "mmd2_unit_kernel": score["mmd2_unit"], **facts,
            **({"marginals": score["marginals"]} if "marginals" in score else {})}
+    if tests:
+        row["test_observations"] = score_tests(draw_at, tests)
+        t = row["test_observations"]
+        log(f"  {len(t)} test observations: W2 raw / floor "
+            + " ".join(f"{o['w2']['raw']['mean']:.4f}/{o['floor_w2']['raw']:.4f}" for o in t))
     log(f"{method} budget={budget} seed={seed}: W2 raw {score['raw']['mean']:.4f}, scaled log "
         f"{score['scaled_log']['mean']:.4f}, MMD2 unit {score['mmd2_unit']['mean']:.2e} "
         f"({facts['train_seconds']:.0f} s)")
@@ -508,6 +537,35 @@ def evaluate(scorer, problem, args, method, budget, seed, train) -> tuple[dict, 
         log(f"  SBC p {[round(p, 3) for p in cal['p_values']]}, joint coverage "
             f"{cal['joint_coverage']} ({cal['seconds']:.0f} s)")
     return row, guide
+
+
+def test_scorers(problem, args) -> list:
+    """``(record, Scorer)`` per accepted observation of ``--test-observations`` (none if unset):
+    held-out prior-predictive observations with their NUTS references
+    (``benchmarks/lv_test_observations.py``), scored like the benchmark observation."""
+    if not getattr(args, "test_observations", None):
+        return []
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from lv_test_observations import load
+
+    cache = None if args.smoke else Path(args.plot_dir).parent / "floor_cache"
+    return [(record, Scorer(problem, args.n_test, args.test_sets, cache,
+                            reference=record["reference"], tag=f"_test{record['index']}"))
+            for record in load(args.test_observations)]
+
+
+def score_tests(draw_at, tests: list) -> list[dict]:
+    """W2 (raw, scaled log) and MMD² at each test observation, each with its floor."""
+    out = []
+    for record, scorer in tests:
+        y_obs = torch.tensor(record["observation"], dtype=torch.float64)
+        score = scorer.score(draw_at(y_obs))
+        out.append({"index": record["index"],
+                    "w2": {k: score[k] for k in ("raw", "scaled_log")},
+                    "mmd2_unit_kernel": score["mmd2_unit"],
+                    "floor_w2": {k: scorer.floor[k]["mean"] for k in ("raw", "scaled_log")},
+                    "floor_mmd2_unit_kernel": scorer.floor["mmd2_unit"]["mean"]})
+    return out
 
 
 DEFAULT_VALIDATION_FRACTION = 0.1  # ``--validation-fraction``'s default (sbi's split too)
@@ -567,10 +625,32 @@ def print_table(result: dict) -> None:
           f"{result['test_sets']} sets): W2 raw {floor['raw']['mean']:.4f}, scaled log "
           f"{floor['scaled_log']['mean']:.4f}"
           + (f", MMD2 unit kernel {mmd_floor['mean']:.1e}" if mmd_floor else ""))
+    print_test_table(result)
     for method, why in result["skipped"].items():
         print(f"SKIPPED {method}: {why}")
     print(f"Kerrigan et al. 2024: W2 {PAPER_W2} (coordinates not stated), best MMD2 {PAPER_MMD} "
           "(kernel not stated)")
+
+
+def print_test_table(result: dict) -> None:
+    """W2 raw and scaled log at each ``--test-observations`` observation (rows that have them),
+    and the mean over them, with the floors."""
+    rows = [r for r in result["rows"] if r.get("test_observations")]
+    if not rows:
+        return
+    first = rows[0]["test_observations"]
+    print(f"\nheld-out test observations {[o['index'] for o in first]}: W2 raw u | scaled log u"
+          " (each a mean over the test sets), then the means over the observations")
+    for r in rows:
+        tests = r["test_observations"]
+        raw = [o["w2"]["raw"]["mean"] for o in tests]
+        sl = [o["w2"]["scaled_log"]["mean"] for o in tests]
+        budget = "-" if r["budget"] is None else f"{r['budget']:,}"
+        print(f"{label(r):<34}{budget:>8}{r['seed']:>5}  "
+              + " ".join(f"{v:.4f}" for v in raw) + " | " + " ".join(f"{v:.3f}" for v in sl)
+              + f"  mean {statistics.fmean(raw):.4f} | {statistics.fmean(sl):.3f}")
+    print("floors: W2 raw " + " ".join(f"{o['floor_w2']['raw']:.4f}" for o in first)
+          + " | scaled log " + " ".join(f"{o['floor_w2']['scaled_log']:.3f}" for o in first))
 
 
 def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
@@ -755,6 +835,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="KR guides: reseed the training stream (minibatches) with this "
                              "after the networks are built from --init-seed (default: no "
                              "reseeding, one stream from --init-seed)")
+    parser.add_argument("--test-observations", default=None, metavar="DIR",
+                        help="also score every method on the held-out observations of DIR "
+                             "(benchmarks/lv_test_observations.py builds them: prior-predictive "
+                             "y with NUTS references); rows gain 'test_observations'")
     parser.add_argument("--marginals", action="store_true",
                         help="rows also record each parameter's location error (in reference "
                              "sds) and sd ratio on the benchmark observation")

@@ -178,3 +178,62 @@ def test_smoke_average_from_averages_the_forward_and_hybrid_rows(tmp_path):
     assert rows["forward"]["averaged_steps"] == [2]  # smoke: 3 forward steps, from step 1
     assert rows["hybrid"]["averaged_steps"] == [2, 2]  # and 3 reverse steps
     assert rows["forward"]["average_val_loss"] is not None
+
+
+def _write_test_observation(directory, index, observation, reference, accepted=True):
+    import numpy as np
+
+    record = {"index": index, "observation": [float(v) for v in observation],
+              "accepted": accepted}
+    (directory / f"obs{index}.json").write_text(json.dumps(record))
+    if accepted:
+        np.savez_compressed(directory / f"obs{index}.npz",
+                            **{k: np.asarray(v, dtype=np.float32) for k, v in reference.items()})
+
+
+def test_test_observations_score_each_method_like_the_benchmark_observation(tmp_path):
+    """A held-out observation that *is* the benchmark observation, with its shipped reference,
+    gets exactly the benchmark observation's scores; rejected observations are not used."""
+    import pyro_kr.bench.problems as problems
+
+    bench = _load()
+    problem = problems.get("lotka_volterra")
+    directory = tmp_path / "tests"
+    directory.mkdir()
+    reference = {k: v for k, v in problem.reference(0).items() if k in problem.param_names}
+    _write_test_observation(directory, 3, problem.observation(0).tolist(), reference)
+    _write_test_observation(directory, 5, problem.observation(0).tolist(), reference,
+                            accepted=False)
+    payload = bench.main(["--smoke", "--methods", "forward", "cot", "--out",
+                          str(tmp_path / "p.json"), "--plot-dir", str(tmp_path / "plots"),
+                          "--test-observations", str(directory)])
+    for row in payload["rows"]:
+        (test,) = row["test_observations"]  # the rejected observation 5 is left out
+        assert test["index"] == 3
+        for key in ("raw", "scaled_log"):
+            assert test["w2"][key]["values"] == pytest.approx(row["w2"][key]["values"],
+                                                              rel=1e-6)
+            assert test["floor_w2"][key] == pytest.approx(payload["floor_w2"][key]["mean"],
+                                                          rel=1e-6)
+
+
+def test_test_observations_directory_without_accepted_observations_is_a_clear_error(tmp_path):
+    from _scripts import load_benchmark as load
+
+    module = load("lv_test_observations.py", "lv_test_observations_bench")
+    with pytest.raises(FileNotFoundError, match="no accepted test observation"):
+        module.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_lv_test_observations_smoke_builds_a_loadable_reference(tmp_path):
+    """PyMC NUTS on a held-out prior-predictive observation (2 chains x 50 draws, no gate)."""
+    from _scripts import load_benchmark as load
+
+    module = load("lv_test_observations.py", "lv_test_observations_bench")
+    assert module.main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    (test,) = module.load(tmp_path)
+    _, u_star, y = module.test_pairs(8, 4242)
+    assert test["index"] == 0 and test["observation"] == pytest.approx(y[0].tolist())
+    assert set(test["reference"]) == {"alpha", "beta", "gamma", "delta"}
+    assert all(v.shape == (100,) and (v > 0).all() for v in test["reference"].values())

@@ -32,7 +32,7 @@ import pyro_kr.bench.problems as problems
 from pyro_kr._atomic import atomic_path
 from pyro_kr.bench.problems.references import MIN_ESS, RHAT_MAX
 
-DEFAULT_DIR = Path("benchmarks/results/lv_test_observations")
+DEFAULT_DIR = Path("benchmarks/data/lv_test_observations")
 
 
 def test_pairs(count: int, seed: int):

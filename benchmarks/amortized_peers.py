@@ -358,7 +358,8 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
 
 
 def calibration(problem, guide, args) -> dict:
-    """SBC (``--sbc-datasets`` datasets, 100 draws) and coverage (500 draws) of a KR guide."""
+    """SBC (``--sbc-datasets`` datasets, 100 draws) and coverage (500 draws) of a KR guide or
+    of sbi's posterior (``sbi_posterior.SbiPosterior``), on the same datasets for every row."""
     t0 = time.perf_counter()
     s = sbc(guide, problem.model, num_datasets=args.sbc_datasets, num_draws=100, seed=1)
     c = coverage(guide, problem.model, num_datasets=args.sbc_datasets, num_draws=500, seed=2)
@@ -433,7 +434,11 @@ def train_npe(sbi, problem, bank, budget: int, estimator: str, args, seed: int) 
 
         return draw
 
-    return draw_at, facts, None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sbi_posterior import SbiPosterior  # for SBC / coverage (--sbc-datasets)
+
+    wrapped = SbiPosterior(posterior, names, problem.obs_name, bank["y"].shape[1:])
+    return draw_at, facts, wrapped
 
 
 def run(args, save=None) -> dict:
@@ -504,7 +509,7 @@ def run(args, save=None) -> dict:
 def evaluate(scorer, problem, args, method, budget, seed, train,
              tests: list | None = None) -> tuple[dict, object]:
     """Train, score on the benchmark observation (and on the ``tests``: ``(record, Scorer)``
-    pairs of ``--test-observations``) and (KR modes, ``--sbc-datasets``) calibrate."""
+    pairs of ``--test-observations``) and (KR and sbi rows, ``--sbc-datasets``) calibrate."""
     log(f"{method} budget={budget} seed={seed}: training")
     cpu = time.process_time()  # CPU seconds of this process: the wall time under load inflates
     try:
@@ -795,9 +800,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="our modes' validation share of the bank (0.5: the paper's "
                              "10k + 10k at --budgets 20000); sbi keeps its own default split")
     parser.add_argument("--sbc-datasets", type=int, default=0,
-                        help="SBC and coverage of the KR rows on this many datasets (0: none)")
-    parser.add_argument("--sbc-methods", nargs="+", default=None, choices=KR_METHODS,
-                        help="calibrate only these KR rows (default: every KR row)")
+                        help="SBC and coverage of the KR and sbi rows on this many datasets "
+                             "(0: none; the same datasets for every row)")
+    parser.add_argument("--sbc-methods", nargs="+", default=None,
+                        choices=KR_METHODS + ("npe_maf", "npe_nsf"),
+                        help="calibrate only these rows (default: every KR and sbi row)")
     parser.add_argument("--forward-defaults", action="store_true",
                         help="forward (and hybrid's forward phase): fit_amortized's default "
                              "steps, optimizer, validation and stopping; only --batch-forward "

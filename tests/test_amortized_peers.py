@@ -53,10 +53,10 @@ def test_smoke_with_sbi_trains_npe_on_the_same_bank(tmp_path):
     assert rows["hybrid"]["continued_forward_row"] and rows["forward"]["steps"] == 3
     assert rows["hybrid"]["steps"] == rows["forward"]["steps"] + 3
     assert rows["forward"]["train_simulations"] == rows["forward"]["validation_simulations"] == 100
-    for method in ("forward", "hybrid"):  # SBC and coverage of the KR rows, not of sbi's
+    for method in ("forward", "hybrid", "npe_maf"):  # SBC and coverage of KR and sbi rows
         cal = rows[method]["calibration"]
         assert len(cal["p_values"]) == 4 and set(cal["joint_coverage"]) == {"0.50", "0.90", "0.95"}
-    assert "calibration" not in rows["npe_maf"]
+        assert cal["names"] == ["alpha", "beta", "gamma", "delta"]
     assert "error" not in rows["npe_maf"], rows["npe_maf"]
     # hybrid: the bank, then 3 reverse steps of a fresh batch of 32 y (smoke batch size)
     assert rows["npe_maf"]["simulations"] == rows["hybrid"]["simulations"] - 3 * 32 == 200

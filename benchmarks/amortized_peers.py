@@ -11,6 +11,9 @@ drawn and given to every simulation-based method:
   datasets) plus the forward anchor ``forward_weight=--hybrid-forward-weight`` (default 1);
   ``--hybrid-trace-at`` also scores it at those reverse steps (their CPU is not counted);
 * ``cot``: :class:`pyro_kr.COTFlowMatching` on the bank (sample mode, ``log u`` and ``log y``);
+  by default a COT plan (full up to ``--cot-full-max``, minibatch above) and ``--epochs``
+  steps; with ``--cot-defaults`` ``fit``'s own defaults (independent coupling, i.e.
+  conditional flow matching, 20,000 steps, cosine decay), validated on held-out pairs;
 * ``npe_maf`` / ``npe_nsf``: sbi's ``NPE`` with its default estimator (MAF in sbi 0.27) and
   with NSF, sbi's documented API and training defaults, given ``theta = log u`` (prior
   ``N(m, 0.5 I)``, the model's prior in those coordinates) and ``x = log y``, as is standard.
@@ -358,8 +361,9 @@ def refine_kr(problem, guide, forward_facts: dict, args, objective: str = "elbo"
 
 
 def calibration(problem, guide, args) -> dict:
-    """SBC (``--sbc-datasets`` datasets, 100 draws) and coverage (500 draws) of a KR guide or
-    of sbi's posterior (``sbi_posterior.SbiPosterior``), on the same datasets for every row."""
+    """SBC (``--sbc-datasets`` datasets, 100 draws) and coverage (500 draws) of a KR guide, of
+    COT-FM (``peer_posteriors.CotPosterior``) or of sbi's posterior (``SbiPosterior``), on the
+    same datasets for every row."""
     t0 = time.perf_counter()
     s = sbc(guide, problem.model, num_datasets=args.sbc_datasets, num_draws=100, seed=1)
     c = coverage(guide, problem.model, num_datasets=args.sbc_datasets, num_draws=500, seed=2)
@@ -386,13 +390,22 @@ def train_cot(problem, bank, budget: int, args, seed: int) -> tuple:
     pyro.set_rng_seed(seed)
     cot = pyro_kr.COTFlowMatching(dim_u=log_u.shape[1], dim_y=y.shape[1], transform_y=torch.log,
                                   width=args.cot_width, depth=args.cot_depth)
-    steps = forward_steps(budget, args)
     t0 = time.perf_counter()
-    cot.fit(log_u, y, steps=steps, batch_size=args.batch_forward,
-            coupling="full" if budget <= args.cot_full_max else "minibatch",
-            validation=0.1, validate_every=max(1, steps // 10), progress=args.progress,
-            seed=seed)
-    facts = {"train_seconds": time.perf_counter() - t0, "steps": steps, "simulations": budget}
+    if args.cot_defaults:  # fit's own coupling, steps, lr and schedule; a capped validation set
+        n_val = min(max(1, round(args.validation_fraction * budget)), args.cot_validation_max)
+        history = cot.fit(log_u, y, batch_size=args.batch_forward, validation=n_val,
+                          progress=args.progress, seed=seed)
+        steps = len(history.loss)
+        extra = {"cot_defaults": True, "validation_pairs": n_val, "best_step": history.best_step}
+    else:
+        steps = forward_steps(budget, args)
+        cot.fit(log_u, y, steps=steps, batch_size=args.batch_forward,
+                coupling="full" if budget <= args.cot_full_max else "minibatch",
+                validation=0.1, validate_every=max(1, steps // 10), progress=args.progress,
+                seed=seed)
+        extra = {}
+    facts = {"train_seconds": time.perf_counter() - t0, "steps": steps, "simulations": budget,
+             **extra}
 
     def draw_at(y_obs: torch.Tensor):
         post = cot.posterior(y_obs.reshape(-1))  # transform_y applies the log
@@ -403,7 +416,10 @@ def train_cot(problem, bank, budget: int, args, seed: int) -> tuple:
 
         return draw
 
-    return draw_at, facts, None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peer_posteriors import CotPosterior  # for SBC / coverage (--sbc-datasets)
+
+    return draw_at, facts, CotPosterior(cot, names, problem.obs_name, bank["y"].shape[1:])
 
 
 def train_npe(sbi, problem, bank, budget: int, estimator: str, args, seed: int) -> tuple:
@@ -435,7 +451,7 @@ def train_npe(sbi, problem, bank, budget: int, estimator: str, args, seed: int) 
         return draw
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from sbi_posterior import SbiPosterior  # for SBC / coverage (--sbc-datasets)
+    from peer_posteriors import SbiPosterior  # for SBC / coverage (--sbc-datasets)
 
     wrapped = SbiPosterior(posterior, names, problem.obs_name, bank["y"].shape[1:])
     return draw_at, facts, wrapped
@@ -509,7 +525,7 @@ def run(args, save=None) -> dict:
 def evaluate(scorer, problem, args, method, budget, seed, train,
              tests: list | None = None) -> tuple[dict, object]:
     """Train, score on the benchmark observation (and on the ``tests``: ``(record, Scorer)``
-    pairs of ``--test-observations``) and (KR and sbi rows, ``--sbc-datasets``) calibrate."""
+    pairs of ``--test-observations``) and (with ``--sbc-datasets``) calibrate."""
     log(f"{method} budget={budget} seed={seed}: training")
     cpu = time.process_time()  # CPU seconds of this process: the wall time under load inflates
     try:
@@ -587,7 +603,7 @@ def label(row: dict) -> str:
     ...        "validation_simulations": 10000})
     'forward (defaults, 50% val.)'
     """
-    marks = ["defaults"] if row.get("forward_defaults") else []
+    marks = ["defaults"] if row.get("forward_defaults") or row.get("cot_defaults") else []
     if row.get("library_guide"):  # AmortizedKR's own conditioner and embedding (--library-guide)
         marks.append("library guide")
     if row.get("continued_forward_row") and row.get("reverse_lr", 1e-3) != 1e-3:
@@ -615,6 +631,9 @@ def print_table(result: dict) -> None:
         if "error" in r:
             print(f"{r['method']:<10}{budget:>8}{r['seed']:>5}  failed: {r['error']}")
             continue
+        if "withdrawn" in r:
+            print(f"{label(r):<10}{budget:>8}{r['seed']:>5}  withdrawn: {r['withdrawn']}")
+            continue
         raw, sl = r["w2"]["raw"], r["w2"]["scaled_log"]
         mmd = r.get("mmd2_unit_kernel")
         mmd = f"{mmd['mean']:>11.2e}" if mmd else f"{'-':>11}"
@@ -640,7 +659,7 @@ def print_table(result: dict) -> None:
 def print_test_table(result: dict) -> None:
     """W2 raw and scaled log at each ``--test-observations`` observation (rows that have them),
     and the mean over them, with the floors."""
-    rows = [r for r in result["rows"] if r.get("test_observations")]
+    rows = [r for r in result["rows"] if r.get("test_observations") and "withdrawn" not in r]
     if not rows:
         return
     first = rows[0]["test_observations"]
@@ -678,7 +697,7 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
     for ax, key in zip(axes, ("raw", "scaled_log"), strict=True):
         by_seed: dict[str, dict[int, dict[int, float]]] = {}
         for r in result["rows"]:
-            if "error" in r or r["budget"] is None:
+            if "error" in r or "withdrawn" in r or r["budget"] is None:
                 continue
             # a rerun of the same method, budget and seed replaces the earlier row (the
             # later file in --merge wins): one point per seed, not one per run
@@ -727,12 +746,15 @@ def plot(result: dict, out_dir: Path, figure: str | None = None) -> Path | None:
 
 
 def merge(paths: list[str], out: str, plot_dir: str,
-          figure: str | None = None) -> dict:
+          figure: str | None = None, withdraw: list[str] | None = None) -> dict:
     """Combine the JSON files of several runs (e.g. one per budget or seed, run in parallel).
 
     An earlier merged file may be one of them (its runs and rows are kept). All runs must use
     the same ``n_test``; runs with fewer ``--test-sets`` scored on the first of the same seeded
-    reference subsets, and the floor is that of the run with the most sets.
+    reference subsets, and the floor is that of the run with the most sets. ``withdraw``:
+    ``"LABEL=REASON"`` items; rows whose :func:`label` is ``LABEL`` stay in the file with
+    ``"withdrawn": REASON`` and are left out of the table and the plot (e.g. rows a bug made
+    meaningless).
     """
     payloads = [json.loads(Path(p).read_text()) for p in paths]
     if len({d["n_test"] for d in payloads}) != 1:
@@ -748,6 +770,15 @@ def merge(paths: list[str], out: str, plot_dir: str,
                          **({"git_commit": d["git_commit"]} if "git_commit" in d else {})})
             guide = {"library_guide": True} if d["settings"].get("library_guide") else {}
             rows += [dict(r, run=Path(path).name, **guide) for r in d["rows"]]
+    for item in withdraw or []:
+        name, sep, reason = item.partition("=")
+        if not sep or not reason:
+            raise ValueError(f"--withdraw takes LABEL=REASON, got {item!r}")
+        matched = [r for r in rows if "error" not in r and label(r) == name]
+        if not matched:
+            raise ValueError(f"--withdraw {name!r}: no row has that label")
+        for r in matched:
+            r["withdrawn"] = reason
     most = max(payloads, key=lambda d: d["test_sets"])
     result = {
         "runs": runs, "rows": rows, "floor_w2": most["floor_w2"], "n_test": most["n_test"],
@@ -800,11 +831,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="our modes' validation share of the bank (0.5: the paper's "
                              "10k + 10k at --budgets 20000); sbi keeps its own default split")
     parser.add_argument("--sbc-datasets", type=int, default=0,
-                        help="SBC and coverage of the KR and sbi rows on this many datasets "
+                        help="SBC and coverage of every row on this many datasets "
                              "(0: none; the same datasets for every row)")
     parser.add_argument("--sbc-methods", nargs="+", default=None,
-                        choices=KR_METHODS + ("npe_maf", "npe_nsf"),
-                        help="calibrate only these rows (default: every KR and sbi row)")
+                        choices=KR_METHODS + ("cot", "npe_maf", "npe_nsf"),
+                        help="calibrate only these rows (default: every row)")
     parser.add_argument("--forward-defaults", action="store_true",
                         help="forward (and hybrid's forward phase): fit_amortized's default "
                              "steps, optimizer, validation and stopping; only --batch-forward "
@@ -856,6 +887,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cot-depth", type=int, default=4)
     parser.add_argument("--cot-full-max", type=int, default=10_000,
                         help="full OT plan up to this budget, minibatch plans above")
+    parser.add_argument("--cot-defaults", action="store_true",
+                        help="cot: COTFlowMatching.fit's own defaults (coupling, steps, lr, "
+                             "schedule); only the batch size, the seed and a held-out "
+                             "--validation-fraction of the bank (at most --cot-validation-max "
+                             "pairs) are passed")
+    parser.add_argument("--cot-validation-max", type=int, default=2_000,
+                        help="with --cot-defaults: cap on the held-out pairs (COT-FM's "
+                             "validation is an exact joint W2, O(n^2))")
     parser.add_argument("--npe-max-epochs", type=int, default=None,
                         help="cap sbi's epochs (default: sbi's own early stopping; smoke: 2)")
     parser.add_argument("--n-test", type=int, default=5_000)
@@ -868,9 +907,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny settings, seconds")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="only combine the result files of earlier runs into --out")
+    parser.add_argument("--withdraw", action="append", metavar="LABEL=REASON",
+                        help="with --merge: keep the rows of this label in the file, marked "
+                             "withdrawn with the reason, out of the table and plot; repeatable")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.out, args.plot_dir, args.figure)
+        return merge(args.merge, args.out, args.plot_dir, args.figure, args.withdraw)
     if args.smoke:
         args.budgets, args.seeds = [200], [0]
         args.min_steps = args.max_steps = args.reverse_steps = args.hybrid_reverse_steps = 3

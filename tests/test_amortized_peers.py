@@ -237,3 +237,49 @@ def test_lv_test_observations_smoke_builds_a_loadable_reference(tmp_path):
     assert test["index"] == 0 and test["observation"] == pytest.approx(y[0].tolist())
     assert set(test["reference"]) == {"alpha", "beta", "gamma", "delta"}
     assert all(v.shape == (100,) and (v > 0).all() for v in test["reference"].values())
+
+
+def test_cot_defaults_pass_only_batch_seed_and_a_capped_validation_and_calibrate(
+        tmp_path, monkeypatch):
+    """``--cot-defaults``: COTFlowMatching.fit keeps its own coupling, steps, lr and schedule;
+    the row is labelled apart and, like every row, calibrated with ``--sbc-datasets``."""
+    import pyro_kr
+
+    bench = _load()
+    calls, real_fit = [], pyro_kr.COTFlowMatching.fit
+
+    def short_fit(self, u, y, **kwargs):  # the defaults' 20,000 steps, cut for a unit test
+        calls.append(kwargs)
+        return real_fit(self, u, y, steps=4, validate_every=2, **kwargs)
+
+    monkeypatch.setattr(pyro_kr.COTFlowMatching, "fit", short_fit)
+    payload = bench.main(["--smoke", "--methods", "cot", "--cot-defaults",
+                          "--cot-validation-max", "15", "--sbc-datasets", "10",
+                          "--out", str(tmp_path / "p.json"), "--plot-dir", str(tmp_path / "pl")])
+    (kwargs,) = calls
+    assert set(kwargs) == {"batch_size", "validation", "progress", "seed"}
+    assert kwargs["validation"] == 15  # 10 % of the 200 simulations, capped at 15
+    (row,) = payload["rows"]
+    assert row["cot_defaults"] and row["steps"] == 4 and row["validation_pairs"] == 15
+    assert bench.label(row) == "cot (defaults)"
+    cal = row["calibration"]
+    assert cal["num_datasets"] == 10 and cal["names"] == ["alpha", "beta", "gamma", "delta"]
+    assert all(0 <= p <= 1 for p in cal["p_values"])
+
+
+def test_merge_withdraws_rows_by_label_with_the_reason_kept_in_the_file(tmp_path, capsys):
+    bench = _load()
+    run = tmp_path / "run.json"
+    bench.main(["--smoke", "--methods", "forward", "cot", "--out", str(run),
+                "--plot-dir", str(tmp_path / "plots")])
+    merged = bench.main(["--merge", str(run), "--withdraw", "cot=trained on the wrong data",
+                         "--out", str(tmp_path / "m.json"), "--plot-dir", str(tmp_path / "mp")])
+    rows = {r["method"]: r for r in merged["rows"]}
+    assert rows["cot"]["withdrawn"] == "trained on the wrong data"
+    assert "withdrawn" not in rows["forward"] and "w2" in rows["cot"]  # kept, only marked
+    assert "withdrawn: trained on the wrong data" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["rows"] == merged["rows"]
+    for bad, match in (("hybrid=x", "no row has that label"), ("cot", "LABEL=REASON")):
+        with pytest.raises(ValueError, match=match):
+            bench.main(["--merge", str(run), "--withdraw", bad, "--out",
+                        str(tmp_path / "x.json"), "--plot-dir", str(tmp_path / "xp")])

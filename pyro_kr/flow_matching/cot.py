@@ -93,8 +93,12 @@ class COTFlowMatching(FlowQueries, nn.Module):
         width, depth: size of the default velocity network.
         standardize: z-score ``u`` and ``y`` with the training statistics before coupling and
             training (makes ``eps`` scale-free); undone in :meth:`posterior`.
-        transform_y: optional map applied to the flattened data before everything (simulated
-            and observed alike), e.g. ``torch.log`` for positive data.
+        transform_y: optional map applied to the flattened data before everything, e.g.
+            ``torch.log`` for positive data: to simulated data, to the ``y``, validation ``y``
+            and ``y_source`` given to :meth:`fit` and to every observation queried (so all of
+            them are passed in their original scale). Before 2026-12-06 the sample-based
+            :meth:`fit` did not apply it to its ``y`` (or to ``y_source`` and validation ``y``)
+            while :meth:`posterior` did: a model fitted that way answered for the wrong data.
 
     Example:
         >>> cot = COTFlowMatching(dim_u=1, dim_y=1, width=16, depth=2)
@@ -177,6 +181,24 @@ class COTFlowMatching(FlowQueries, nn.Module):
             y = self.transform_y(y)
         return y
 
+    def _transform_data(self, y: torch.Tensor, what: str) -> torch.Tensor:
+        """``transform_y`` of data given to :meth:`fit` (``(n, dim_y)``, checked finite)."""
+        if self.transform_y is None:
+            return y
+        out = self.transform_y(y)
+        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
+            raise ValueError(
+                f"transform_y must map {what} of shape {tuple(y.shape)} to a tensor of the "
+                f"same shape, got {type(out).__name__} {tuple(getattr(out, 'shape', ()))}"
+            )
+        if not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            raise ValueError(
+                f"transform_y turned {bad} entries of the {what} into NaN/inf (e.g. torch.log "
+                "of values <= 0): pass data in transform_y's domain"
+            )
+        return out
+
     def _simulate(self, num: int) -> tuple[torch.Tensor, torch.Tensor]:
         u, y = self.simulator.simulate(num)
         return u, self._prepare_y(y)
@@ -190,9 +212,9 @@ class COTFlowMatching(FlowQueries, nn.Module):
                 raise ValueError("validation as a tuple must be (u_val, y_val)")
             u_val, y_val = (v.to(ref) for v in validation)
             if self.simulator is not None:
-                y_val = self._prepare_y(self.simulator.flatten_y(y_val))
+                y_val = self.simulator.flatten_y(y_val)
             _check_pairs(u_val, y_val, self.dim_u, self.dim_y, "validation")
-            return u, y, (u_val, y_val)
+            return u, y, (u_val, self._transform_data(y_val, "validation y"))
         if isinstance(validation, float) and 0 < validation < 1:
             n_val = max(1, int(round(validation * u.shape[0])))
         elif isinstance(validation, int) and not isinstance(validation, bool) and validation > 0:
@@ -235,7 +257,8 @@ class COTFlowMatching(FlowQueries, nn.Module):
         """Simulate (or take) training pairs, couple them and train the velocity field.
 
         Args:
-            u, y: training pairs ``(n, dim_u)``, ``(n, dim_y)`` (sample-based mode only).
+            u, y: training pairs ``(n, dim_u)``, ``(n, dim_y)`` (sample-based mode only;
+                ``y`` in its original scale: ``transform_y`` is applied to it).
             num_simulations: prior-predictive draws in model mode (validation included).
             steps: optimiser steps (a resumed run continues up to this total).
             eps: weight of ``|u1 - u0|^2`` in the coupling cost, ``> 0`` (``"full"`` and
@@ -267,7 +290,8 @@ class COTFlowMatching(FlowQueries, nn.Module):
                 ``(u_val, y_val)``; the state with the lowest joint validation W2 is kept.
             validate_every: steps between validations.
             validation_ode_steps: RK4 steps used for validation samples.
-            y_source: optional source data ``(m, dim_y)`` from the data marginal. Default: in
+            y_source: optional source data ``(m, dim_y)`` from the data marginal, in the
+                original scale (``transform_y`` is applied to it). Default: in
                 model mode, the data of ``num_simulations`` extra simulations (Kerrigan et
                 al. 2024, F.1); in sample mode, the training ``y`` (then ``coupling="full"``
                 with a small ``eps`` pairs every ``y`` with itself and reduces to FM with fixed
@@ -343,6 +367,8 @@ class COTFlowMatching(FlowQueries, nn.Module):
             raise ValueError("sample-based COTFlowMatching.fit needs u=... and y=... tensors")
         _check_pairs(u, y, self.dim_u, self.dim_y, "training")
         u, y = u.to(ref), y.to(ref)
+        if self.simulator is None:  # simulated data are transformed as they are simulated
+            y = self._transform_data(y, "training y")
         u, y, val = self._split_validation(u, y, validation)
         if y_source is None and self.simulator is not None and coupling != "independent":
             y_source = self._simulate(y.shape[0])[1].to(ref)
@@ -358,6 +384,7 @@ class COTFlowMatching(FlowQueries, nn.Module):
                 )
             if not bool(torch.isfinite(y_source).all()):
                 raise ValueError("y_source has NaN or inf entries")
+            y_source = self._transform_data(y_source, "y_source")
         if self.standardize:
             self.u_loc.copy_(u.mean(0))
             self.u_scale.copy_(u.std(0).clamp_min(1e-8))

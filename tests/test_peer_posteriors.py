@@ -1,9 +1,11 @@
-"""benchmarks/sbi_posterior.py: sbi's posterior as an AmortizedPosterior, checked without sbi.
+"""benchmarks/peer_posteriors.py: sbi's and COT-FM's posteriors as AmortizedPosterior.
 
-A stand-in for sbi's ``DirectPosterior`` (the two methods the adapter calls, float32 like sbi)
-returns the exact posterior of a linear-Gaussian model in ``theta = log u``, ``x = log y``; SBC
-and coverage through the adapter must then find it calibrated, and its draws and densities must
-be those of the closed form.
+Checked without sbi: a stand-in for sbi's ``DirectPosterior`` (the two methods the adapter
+calls, float32 like sbi) returns the exact posterior of a linear-Gaussian model in
+``theta = log u``, ``x = log y``; SBC and coverage through the adapter must then find it
+calibrated, and its draws and densities must be those of the closed form. The COT-FM adapter
+must pass a small fitted sample-mode ``COTFlowMatching`` through unchanged, under the model's
+site names.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 import torch
 from _scripts import load_benchmark
 
-from pyro_kr import AmortizedPosterior
+from pyro_kr import AmortizedPosterior, COTFlowMatching
 from pyro_kr.diagnostics import coverage, sbc
 
 A = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # x = A theta + N(0, I)
@@ -47,7 +49,7 @@ class ExactPosterior:
 
 
 def _adapter():
-    module = load_benchmark("sbi_posterior.py", "sbi_posterior_bench")
+    module = load_benchmark("peer_posteriors.py", "peer_posteriors_bench")
     return module.SbiPosterior(ExactPosterior(), NAMES, "y", (3,))
 
 
@@ -90,3 +92,39 @@ def test_wrong_observation_shape_and_nonpositive_y_are_clear_errors():
         post.posterior(torch.ones(2, 4))
     with pytest.raises(ValueError, match="every observation must be > 0"):
         post.posterior(torch.tensor([1.0, -1.0, 2.0]))
+
+
+def _cot_adapter():
+    """A small sample-mode COT-FM on ``(log u, y)`` pairs of the model, wrapped."""
+    module = load_benchmark("peer_posteriors.py", "peer_posteriors_bench")
+    pyro.set_rng_seed(0)
+    pairs = [pyro.poutine.trace(model).get_trace() for _ in range(300)]
+    log_u = torch.stack([torch.stack([t.nodes[k]["value"] for k in NAMES]) for t in pairs]).log()
+    y = torch.stack([t.nodes["y"]["value"] for t in pairs])
+    cot = COTFlowMatching(dim_u=2, dim_y=3, transform_y=torch.log, width=16, depth=2)
+    cot.fit(log_u.double(), y.double(), steps=30, progress=False)
+    return module.CotPosterior(cot, NAMES, "y", (3,)), cot
+
+
+def test_cot_adapter_passes_cot_fm_through_with_the_model_sites():
+    post, cot = _cot_adapter()
+    assert isinstance(post, AmortizedPosterior) and post.observed == ["y"]
+    y = torch.tensor([[0.5, 2.0, 1.5], [3.0, 0.2, 1.0]], dtype=torch.float64)
+    batched = post.posterior(y)
+    assert batched.batch_shape == (2,) and batched.event_shape == (2,)
+    torch.manual_seed(1)
+    draws = batched.sample((6,))
+    torch.manual_seed(1)
+    assert torch.equal(draws, cot.posterior(y).sample((6,)))  # log u, unchanged
+    assert torch.allclose(batched.log_prob(draws), cot.posterior(y).log_prob(draws))
+    one = post.posterior({"y": y[1]})
+    assert one.batch_shape == ()
+    assert torch.allclose(one.log_prob(draws[:, 1]), batched.log_prob(draws)[:, 1])
+    values = post.sample(y, 5)
+    assert set(values) == {"a", "b"} and values["b"].shape == (5, 2) and (values["b"] > 0).all()
+    s = sbc(post, model, num_datasets=20, num_draws=10, seed=3)
+    assert s.names == NAMES and s.ranks.shape == (20, 2)
+    with pytest.raises(ValueError, match="dim_u = 2, but 3 names"):
+        type(post)(cot, ["a", "b", "c"], "y", (3,))
+    with pytest.raises(ValueError, match="every observation must be > 0"):
+        post.posterior(torch.tensor([1.0, 0.0, 2.0]))

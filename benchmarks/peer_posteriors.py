@@ -1,15 +1,21 @@
-"""sbi's NPE posterior as a :class:`pyro_kr.AmortizedPosterior`, for SBC and coverage.
+"""Peers' posteriors as :class:`pyro_kr.AmortizedPosterior`, for SBC and coverage.
 
 :func:`pyro_kr.diagnostics.sbc` and :func:`pyro_kr.diagnostics.coverage` accept any posterior
-that implements the :class:`~pyro_kr.AmortizedPosterior` protocol. :class:`SbiPosterior` wraps
-a trained sbi ``DirectPosterior`` over ``theta = log u`` given ``x = log y`` (flattened), as
-``benchmarks/amortized_peers.py`` trains it, so that sbi's rows are calibrated by the same code,
-on the same simulated datasets and with the same draws per dataset as ours.
+that implements the :class:`~pyro_kr.AmortizedPosterior` protocol. ``amortized_peers.py``
+trains two estimators outside pyro_kr's Pyro-model interface, both on ``theta = log u`` given
+the flattened observation:
+
+* :class:`SbiPosterior` wraps sbi's trained ``DirectPosterior`` (``x = log y``);
+* :class:`CotPosterior` wraps a sample-mode :class:`pyro_kr.COTFlowMatching` (latent ``"u"``
+  = ``log u``, fitted with ``transform_y=torch.log``),
+
+so that their rows are calibrated by the same code, on the same simulated datasets and with the
+same draws per dataset as the Pyro-model guides.
 
 For a model whose latent sites are positive scalars (``LogNormal`` priors, Lotka-Volterra's
 ``alpha, beta, gamma, delta``) the packed unconstrained latent vector of pyro_kr *is*
-``theta = log u`` in site order, so draws and densities pass through unchanged: sbi's
-``sample_batched`` gives ``(L, m, d)`` and ``log_prob_batched`` gives ``log q(theta | x)``.
+``theta = log u`` in site order, so draws and densities pass through unchanged
+(:class:`LogUPosterior` holds that packing and the checks of ``y``).
 
 Example (needs the ``peers`` extra)::
 
@@ -54,28 +60,27 @@ class _Batched(Distribution):
         return out.to(self.dtype).reshape(batch + (m,))
 
 
-class SbiPosterior:
-    """A trained sbi posterior over ``log u`` given ``log y`` as an ``AmortizedPosterior``.
+class LogUPosterior:
+    """Base of the adapters: ``q(log u | y)`` over positive scalar sites as an
+    ``AmortizedPosterior``; subclasses implement :meth:`posterior` on :meth:`flat_y`.
 
     Args:
-        posterior: sbi's ``DirectPosterior`` (``build_posterior`` of ``NPE``), trained on
-            ``theta = log u`` (columns in the order of ``names``) and ``x = log y`` flattened.
-        names: the model's latent scalar sites, each with a positive support, in ``theta``'s
-            column order.
+        names: the model's latent scalar sites, each with a positive support, in the column
+            order of ``theta = log u``.
         obs_name: the model's observed site.
         y_shape: the shape of one observation (a batch is ``(m, *y_shape)``).
-        dtype: dtype of the draws and densities returned (sbi works in float32).
+        dtype: dtype of the draws and densities returned.
 
     Shapes: ``posterior(y)`` with ``y`` ``(m, *y_shape)`` (or one ``y_shape``) is a
     distribution with batch ``(m,)`` (or ``()``) and event ``(d,)``, ``d = len(names)``.
     """
 
-    def __init__(self, posterior, names, obs_name: str, y_shape,
-                 dtype=torch.float64) -> None:
-        self.sbi_posterior, self.names, self.dtype = posterior, list(names), dtype
+    def __init__(self, names, obs_name: str, y_shape, dtype=torch.float64) -> None:
+        self.names, self.dtype = list(names), dtype
         self.observed, self.y_shape = [obs_name], torch.Size(y_shape)
 
-    def _x(self, y) -> tuple[torch.Tensor, bool]:
+    def flat_y(self, y) -> tuple[torch.Tensor, bool]:
+        """``y`` (a tensor or ``{obs_name: tensor}``) -> ``((m, n_y)`` positive, one or not)."""
         if isinstance(y, dict):
             y = y[self.observed[0]]
         y = torch.as_tensor(y)
@@ -85,16 +90,12 @@ class SbiPosterior:
                              f"*{tuple(self.y_shape)}), got {tuple(y.shape)}")
         y = y.reshape(1 if single else y.shape[0], -1)
         if not bool((y > 0).all()):
-            raise ValueError("SbiPosterior conditions on log y: every observation must be > 0")
-        return y.log().float(), single
+            raise ValueError(f"{type(self).__name__} conditions on log y: every observation "
+                             "must be > 0")
+        return y, single
 
     def posterior(self, y) -> Distribution:
-        """``q(log u | y)``: batch ``(m,)`` for ``m`` observations, ``()`` for one."""
-        x, single = self._x(y)
-        batched = _Batched(self.sbi_posterior, x, len(self.names), self.dtype)
-        if single:
-            return _Single(batched)
-        return batched
+        raise NotImplementedError
 
     def sample(self, y, num_samples: int) -> dict[str, torch.Tensor]:
         """``num_samples`` draws per observation: ``name -> (num_samples, *batch)`` (``u``)."""
@@ -115,9 +116,58 @@ class SbiPosterior:
     def site_slices(self) -> OrderedDict[str, slice]:
         return OrderedDict((k, slice(i, i + 1)) for i, k in enumerate(self.names))
 
-    def sampler(self) -> SbiPosterior:
-        """sbi's posterior needs no snapshot: returns ``self``."""
+    def sampler(self) -> LogUPosterior:
+        """The wrapped posteriors need no snapshot here: returns ``self``."""
         return self
+
+
+class SbiPosterior(LogUPosterior):
+    """A trained sbi posterior over ``log u`` given ``log y`` as an ``AmortizedPosterior``.
+
+    Args:
+        posterior: sbi's ``DirectPosterior`` (``build_posterior`` of ``NPE``), trained on
+            ``theta = log u`` (columns in the order of ``names``) and ``x = log y`` flattened.
+        names, obs_name, y_shape, dtype: as :class:`LogUPosterior` (sbi works in float32;
+            draws and densities are returned in ``dtype``).
+    """
+
+    def __init__(self, posterior, names, obs_name: str, y_shape,
+                 dtype=torch.float64) -> None:
+        super().__init__(names, obs_name, y_shape, dtype)
+        self.sbi_posterior = posterior
+
+    def posterior(self, y) -> Distribution:
+        """``q(log u | y)``: batch ``(m,)`` for ``m`` observations, ``()`` for one."""
+        y, single = self.flat_y(y)
+        batched = _Batched(self.sbi_posterior, y.log().float(), len(self.names), self.dtype)
+        if single:
+            return _Single(batched)
+        return batched
+
+
+class CotPosterior(LogUPosterior):
+    """A sample-mode :class:`pyro_kr.COTFlowMatching` over ``log u`` given ``y`` as an
+    ``AmortizedPosterior`` whose sites are the model's.
+
+    Args:
+        cot: a fitted ``COTFlowMatching`` in sample mode, trained on ``log u`` (columns in the
+            order of ``names``) and the flattened ``y`` with ``transform_y=torch.log``.
+        names, obs_name, y_shape, dtype: as :class:`LogUPosterior`.
+        ode_steps: RK4 steps of its sampling and densities (COT-FM's default, 50).
+    """
+
+    def __init__(self, cot, names, obs_name: str, y_shape, dtype=torch.float64,
+                 ode_steps: int = 50) -> None:
+        super().__init__(names, obs_name, y_shape, dtype)
+        if cot.dim_u != len(self.names):
+            raise ValueError(f"the COT-FM posterior has dim_u = {cot.dim_u}, but "
+                             f"{len(self.names)} names were given")
+        self.cot, self.ode_steps = cot, ode_steps
+
+    def posterior(self, y) -> Distribution:
+        """``q(log u | y)``: batch ``(m,)`` for ``m`` observations, ``()`` for one."""
+        y, single = self.flat_y(y)
+        return self.cot.posterior(y[0] if single else y, ode_steps=self.ode_steps)
 
 
 class _Single(Distribution):

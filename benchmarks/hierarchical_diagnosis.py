@@ -9,11 +9,14 @@ exact values and ``-ELBO`` (8,000 particles). Variants: ``centered`` (the benchm
 (``AutoKR(structure="plates")``), ``dense`` (``AutoKR()``), both with ``order="model"`` (as
 the runs in the docs were measured) unless ``--kw`` sets it, ``iaf``. Options: steps,
 particles, step size, a step size decaying by ``--lrd`` over the run (``ClippedAdam``),
-``--kw`` (JSON of AutoKR keyword arguments). docs/hierarchical.md, "What limits N = 8", lists
+``--kw`` (JSON of AutoKR keyword arguments), ``--no-scale-slope`` (the sparse map without its
+per-group log-scale slopes, as before 2026-12-06). docs/hierarchical.md, "What limits N = 8", lists
 the runs, e.g.
 
     python benchmarks/hierarchical_diagnosis.py marginal dense --seeds 0 1 2 --lrd 0.1
     python benchmarks/hierarchical_diagnosis.py centered sparse --n 1000 --steps 1500
+    python benchmarks/hierarchical_diagnosis.py centered sparse --n 1000 --steps 6000 \
+        --lrd 0.01 --particles 8 --seeds 0 1 2 [--no-scale-slope] [--kw '{"map": "affine"}']
 """
 import argparse
 import json
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import hierarchical as H  # noqa: E402
 
 import pyro_kr  # noqa: E402
+from pyro_kr.guides import sparse  # noqa: E402
 
 
 def noncentered(y, sigma):
@@ -73,7 +77,12 @@ def main() -> None:
     p.add_argument("--kw", default="{}")
     p.add_argument("--lrd", type=float, default=1.0,
                    help="total step-size decay over the run (1: constant Adam)")
+    p.add_argument("--no-scale-slope", action="store_true",
+                   help="ablation: the sparse map without its per-group log-scale slopes "
+                        "(pyro_kr.guides.sparse.SCALE_SLOPE = False, the map before 2026-12-06)")
     a = p.parse_args()
+    if a.no_scale_slope:
+        sparse.SCALE_SLOPE = False
     torch.set_num_threads(1)
     y, sigma = H.make_data(a.n)
     model = MODELS[a.variant]
@@ -100,15 +109,16 @@ def main() -> None:
                                         max_plate_nesting=1)
             neg_elbo = big.loss(model, guide, y, sigma)
         g = np.stack([out["mu"].reshape(-1).numpy(), out["tau"].reshape(-1).log().numpy()], 1)
-        row = dict(variant=a.variant, guide=a.guide, kw=a.kw, n=a.n, seed=seed, steps=a.steps,
+        row = dict(variant=a.variant, guide=a.guide, kw=a.kw, scale_slope=not a.no_scale_slope,
+                   n=a.n, seed=seed, steps=a.steps,
                    lr=a.lr, lrd=a.lrd, particles=a.particles,
                    w2=H.w2_2d(g[:1000], ref_g[:1000]),
                    sd_lt=float(g[:, 1].std()), ref_sd_lt=float(ref_g[:, 1].std()),
                    mean_lt=float(g[:, 1].mean()), ref_mean_lt=float(ref_g[:, 1].mean()),
                    sd_mu=float(g[:, 0].std()), ref_sd_mu=float(ref_g[:, 0].std()),
                    negelbo=neg_elbo, cpu=time.process_time() - c0)
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
-              flush=True)
+        print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v
+                          for k, v in row.items()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,39 @@ def test_sparse_jacobian_pattern_logdet_and_inverse(map_kind):
     assert torch.allclose(t.inv(z.detach()), x, atol=1e-4)
 
 
+@pytest.mark.parametrize("map_kind", ["affine", "monotone"])
+def test_local_scale_slope_scales_each_group_and_can_be_left_out(map_kind):
+    from pyro_kr.guides.sparse import LocalMap, LocalTransform
+
+    n, dg, dl = 5, 3, 2
+    kw = dict(loc=torch.randn(n, dl, generator=torch.Generator().manual_seed(1)),
+              init_scale=0.3, map_kind=map_kind, depth=1)
+    torch.manual_seed(0)
+    sloped = LocalMap(n, dg, dl, **kw)
+    torch.manual_seed(0)
+    flat = LocalMap(n, dg, dl, scale_slope=False, **kw)
+    context, u = torch.randn(4, 1, dg), torch.randn(4, n, dl)
+    assert flat.scale_coupling is None and flat.log_scale(context, None) is None
+    assert sloped.log_scale(context, None).shape == (4, n, dl)
+    t1, t0 = LocalTransform(sloped, context, None), LocalTransform(flat, context, None)
+    # the slopes start at zero: the same map as without them
+    assert torch.allclose(t1(u), t0(u))
+    assert torch.allclose(t1.log_abs_det_jacobian(u, t1(u)), t0.log_abs_det_jacobian(u, t0(u)))
+    with torch.no_grad():
+        sloped.scale_coupling_shared.fill_(0.5)  # every coordinate's scale * exp(0.5 sum x_g)
+    t1 = LocalTransform(sloped, context, None)
+    scale = (0.5 * context.sum(-1, keepdim=True)).exp()  # (4, 1, 1)
+    zero = torch.zeros_like(u)
+    spread1 = t1(u) - LocalTransform(sloped, context, None)(zero)
+    spread0 = t0(u) - LocalTransform(flat, context, None)(zero)
+    assert torch.allclose(spread1, scale * spread0, atol=1e-6)
+    z = t1(u)
+    gain = t1.log_abs_det_jacobian(u, z) - t0.log_abs_det_jacobian(u, t0(u))
+    assert torch.allclose(gain, dl * scale.log().squeeze(-1).expand(4, n), atol=1e-5)
+    fresh = LocalTransform(sloped, context, None)  # no cache: a real inverse
+    assert torch.allclose(fresh.inv(z.detach()), u, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_sparse_affine_recovers_exact_posterior_with_default_guide():
     guide, y, sigma = _fitted_sparse("affine")

@@ -1,0 +1,36 @@
+"""benchmarks/hierarchical.py's exact reference and benchmarks/hierarchical_floors.py."""
+
+from __future__ import annotations
+
+import numpy as np
+from _scripts import load_benchmark
+from test_hierarchy_default_recipe import _exact_log_tau
+
+
+def test_zoomed_reference_has_the_exact_spread_of_log_tau():
+    # N = 1,000: the posterior sd of log tau is 0.051; the single wide grid of 400 cells over
+    # [-8, 3.5] put cells 0.56 sd apart and widened the sd of the draws by 1.2 %; the zoomed
+    # grid (the draws: a cell, then uniform within it) must agree with the closed-form 1-d
+    # density (theta and mu integrated out)
+    floors = load_benchmark("hierarchical_floors.py", "hierarchical_floors_bench")
+    h = floors.H
+    y, sigma = h.make_data(1000)
+    mu, log_tau, w = h.posterior_grid(y, sigma)
+    assert w.shape == (400, 400) and abs(w.sum() - 1) < 1e-12
+    p = w.sum(0)  # the marginal of log tau (rows are mu)
+    mean = (p * log_tau).sum()
+    var = (p * (log_tau - mean) ** 2).sum() + (log_tau[1] - log_tau[0]) ** 2 / 12
+    exact_mean, exact_sd = _exact_log_tau(y, sigma)
+    assert abs(mean - exact_mean) < 0.002 * exact_sd
+    assert abs(np.sqrt(var) / exact_sd - 1) < 0.002
+    draws, theta = h.reference(y, sigma, 1000)
+    assert draws.shape == (1000, 2) and theta.shape == (1000, 1000)
+
+
+def test_floors_of_two_exact_sets():
+    floors = load_benchmark("hierarchical_floors.py", "hierarchical_floors_bench")
+    row = floors.floors(8, pairs=20)
+    assert row["groups"] == 8 and row["draws"] == 4000
+    for k in ("mu", "log_tau"):
+        assert 0 <= row[f"floor_sd_err_{k}"] < 0.1 and 0 < row[f"expected_sd_err_{k}"] < 0.1
+    assert np.isfinite(row["floor_w2_globals"]) and row["floor_w2_globals"] > 0

@@ -12,7 +12,11 @@ Reference draws: grid cells drawn by their mass (jittered within the cell), then
 Metrics: W2 of ``(mu, log tau)`` (POT ``ot.emd2`` on 1,000 draws of each), sd errors of
 ``mu`` and ``log tau`` (relative), the mean over groups of the 1-d W2 of ``theta_j``, PSIS
 k-hat (4,000 draws), seconds per step. Every method gets the same steps, particles and
-learning rate (stated in the JSON).
+learning rate (stated in the JSON). ``--bias-draws K`` also scores the guide's sd of ``mu``
+and ``log tau`` from ``K`` draws against the quadrature's exact sd (:func:`exact_moments`;
+``bias_sd_*``, free of the 4,000 reference draws' noise). ``--order auto`` builds the
+``autokr_*`` guides with the library's default order (scales first) instead of the model's
+order of the stored rows before 2026-12-06 (:data:`MEASURED_ORDER`).
 
 Run: ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/hierarchical.py`` (``--smoke`` for a
 tiny run). Writes ``benchmarks/results/hierarchical.json`` and ``bench-out/hierarchical.png``.
@@ -58,9 +62,10 @@ RESULTS = Path(__file__).parent / "results" / "hierarchical.json"
 LOGISTIC_RESULTS = Path(__file__).parent / "results" / "hierarchical_logistic.json"
 OUT = Path("bench-out")
 MEASURED_ORDER = "model"
-"""``AutoKR``'s ``order`` in every ``autokr_*`` guide here: the model's order, with which the
-stored results were measured (the default before ``order="auto"``, 2026-12-05, which puts the
-scales ``tau`` first; not rerun here)."""
+"""``AutoKR``'s ``order`` in every ``autokr_*`` guide here unless ``--order`` says otherwise: the
+model's order, with which the stored results before 2026-12-06 were measured (the default
+before ``order="auto"``, 2026-12-05, which puts the scales ``tau`` first). ``--order auto``
+measures the library's default (rows record ``order``)."""
 
 
 def make_data(n: int, seed: int = 0):
@@ -111,6 +116,19 @@ def posterior_grid(y, sigma, grid: int = 400):
     lp = _log_marginal(y, s2, mu, lt)
     w = np.exp(lp - lp.max())
     return mu, lt, w / w.sum()
+
+
+def exact_moments(y, sigma, grid: int = 400) -> dict:
+    """Mean and sd of ``mu`` and ``log tau`` by quadrature on :func:`posterior_grid` (cell
+    centres plus the within-cell uniform spread that :func:`reference`'s draws have)."""
+    mu, lt, w = posterior_grid(y, sigma, grid)
+    out = {}
+    for k, axis, values in (("mu", 1, mu), ("log_tau", 0, lt)):
+        p = w.sum(axis)
+        mean = float((p * values).sum())
+        var = float((p * (values - mean) ** 2).sum()) + (values[1] - values[0]) ** 2 / 12
+        out[f"exact_mean_{k}"], out[f"exact_sd_{k}"] = mean, math.sqrt(var)
+    return out
 
 
 def reference(y, sigma, num: int, seed: int = 0, grid: int = 400):
@@ -387,6 +405,12 @@ def run_logistic_table(args) -> None:
                          for c in cols))
 
 
+def set_order(order: str) -> None:
+    """Use ``order`` for every ``autokr_*`` guide built from now on (``--order``)."""
+    global MEASURED_ORDER
+    MEASURED_ORDER = order
+
+
 def make_guide(name: str):
     if name == "autokr_sparse":
         return pyro_kr.AutoKR(model, structure="plates", order=MEASURED_ORDER)
@@ -425,7 +449,8 @@ def make_optim(lr: float, lrd: float, steps: int):
     return pyro.optim.ClippedAdam({"lr": lr, "lrd": lrd ** (1 / steps)})
 
 
-def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd=1.0):
+def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd=1.0,
+            bias_draws=0):
     y, sigma = make_data(n)
     pyro.clear_param_store()
     torch.manual_seed(seed)
@@ -447,6 +472,8 @@ def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd
     sec = (time.perf_counter() - start) / max(step + 1, 1)
     row = {"method": name, "groups": n, "steps": steps, "particles": particles, "lr": lr,
            "seed": seed, "seconds_per_step": sec}
+    if name.startswith("autokr"):
+        row["order"] = MEASURED_ORDER
     if lrd != 1:
         row["lrd"] = lrd
     if failed:
@@ -474,6 +501,15 @@ def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd
     ref2_g, ref2_t = reference(y, sigma, 4000, seed=1)
     row["floor_w2_globals"] = w2_2d(ref2_g[:1000], ref_g[:1000])
     row["floor_local_w2"] = float(w2_1d(ref2_t, ref_t).mean())
+    if bias_draws:
+        # the guide's own sd error, free of the reference's draw noise: bias_draws fresh draws
+        # against the quadrature's sd (drawn last: the metrics above are unchanged)
+        exact = exact_moments(y, sigma)
+        big, _ = draws_of(guide, y, sigma, bias_draws)
+        row["bias_draws"] = bias_draws
+        for i, k in enumerate(("mu", "log_tau")):
+            row[f"exact_sd_{k}"] = exact[f"exact_sd_{k}"]
+            row[f"bias_sd_{k}"] = float(big[:, i].std() / exact[f"exact_sd_{k}"] - 1)
     return row
 
 
@@ -513,7 +549,14 @@ def main() -> None:
     p.add_argument("--ref-draws", type=int, default=2500)
     p.add_argument("--ref-thin", type=int, default=5)
     p.add_argument("--plot", type=Path, default=OUT / "hierarchical.png")
+    p.add_argument("--bias-draws", type=int, default=0,
+                   help="also score the guide's sd of mu and log tau from this many draws against "
+                        "the quadrature's exact sd (row fields bias_sd_*; 0: off)")
+    p.add_argument("--order", choices=["model", "auto"], default=MEASURED_ORDER,
+                   help="AutoKR's order for the autokr_* guides (auto: the library's default, "
+                        "scales first here; model: as the stored rows before 2026-12-06)")
     args = p.parse_args()
+    set_order(args.order)
     torch.set_num_threads(1)
     if args.smoke:
         args.steps, args.groups, args.timing_groups, args.timing_steps = 20, [8], [100], 5
@@ -536,7 +579,7 @@ def main() -> None:
                 continue
             for seed in args.seeds:
                 rows.append(run_one(m, n, args.steps, args.particles, args.lr, True, seed,
-                                    lrd=args.lrd))
+                                    lrd=args.lrd, bias_draws=args.bias_draws))
                 print(json.dumps(rows[-1]), flush=True)
     # timing rows: --timing-repeats passes over all (N, method) pairs, interleaved, so that a
     # burst of load from other processes hits one repeat, not one method; tables take medians

@@ -34,3 +34,28 @@ def test_floors_of_two_exact_sets():
     for k in ("mu", "log_tau"):
         assert 0 <= row[f"floor_sd_err_{k}"] < 0.1 and 0 < row[f"expected_sd_err_{k}"] < 0.1
     assert np.isfinite(row["floor_w2_globals"]) and row["floor_w2_globals"] > 0
+
+
+def test_exact_moments_agree_with_the_closed_form_and_the_draws():
+    floors = load_benchmark("hierarchical_floors.py", "hierarchical_floors_bench")
+    h = floors.H
+    y, sigma = h.make_data(100)
+    m = h.exact_moments(y, sigma)
+    exact_mean, exact_sd = _exact_log_tau(y, sigma)
+    assert abs(m["exact_mean_log_tau"] - exact_mean) < 0.002 * exact_sd
+    assert abs(m["exact_sd_log_tau"] / exact_sd - 1) < 0.002
+    draws, _ = h.reference(y, sigma, 40000, seed=3)  # sd of an sd estimate: 0.35 %
+    for i, k in enumerate(("mu", "log_tau")):
+        assert abs(draws[:, i].std() / m[f"exact_sd_{k}"] - 1) < 0.015
+        assert abs(draws[:, i].mean() - m[f"exact_mean_{k}"]) < 0.02 * m[f"exact_sd_{k}"]
+
+
+def test_benchmark_row_scores_the_guides_bias_against_the_exact_sd():
+    floors = load_benchmark("hierarchical_floors.py", "hierarchical_floors_bench")
+    h = floors.H
+    row = h.run_one("autokr_sparse_affine", 8, 5, 2, 1e-2, True, bias_draws=500)
+    assert row["bias_draws"] == 500 and row["order"] == h.MEASURED_ORDER
+    for k in ("mu", "log_tau"):
+        assert row[f"exact_sd_{k}"] > 0 and np.isfinite(row[f"bias_sd_{k}"])
+    # the bias is the draws' own sd against the exact one: a 5-step guide is far off
+    assert row["bias_sd_log_tau"] != 0

@@ -11,6 +11,11 @@ the site layout (shapes, plate dims). Two strategies:
   falls back to
 * a loop over draws: ``N`` pairs of ``poutine.trace(guide)`` and
   ``poutine.trace(poutine.replay(model, guide_trace))``; slower, works for any model.
+
+The vectorized pass runs in chunks of draws when ``N`` times the latent numel per draw exceeds
+``pyro_kr.guides.chunks.SAMPLE_CHUNK_COORDINATES`` (read at call time), so its memory stays
+bounded; the chunks' results are concatenated. A batch within the budget runs in one pass, with
+the same random stream as before chunking; chunked, each chunk draws its own base sample.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from pyro_kr._batching import BATCH_SAFE_HINT, batch_problem, subsampled_plates
 from pyro_kr._validation import check_dim
+from pyro_kr.guides import chunks
 from pyro_kr.traces import (
     as_draws,
     draws_plate,
@@ -133,6 +139,27 @@ def _vectorized(guide, model, args, kwargs, n, depth, latent_names, obs_sites):
     return latent, log_joint, log_q, loglik
 
 
+def _vectorized_in_chunks(guide, model, args, kwargs, n, depth, latent_names, obs_sites):
+    """:func:`_vectorized` in chunks of draws of at most ``SAMPLE_CHUNK_COORDINATES`` latent
+    coordinates each, concatenated along the draws dim (one call when all ``n`` fit)."""
+    per_draw = sum(math.prod(shape) for shape in latent_names.values())
+    rows = chunks.chunk_rows(n, per_draw)
+    if rows >= n:
+        return _vectorized(guide, model, args, kwargs, n, depth, latent_names, obs_sites)
+    parts = [
+        _vectorized(guide, model, args, kwargs, min(rows, n - start), depth, latent_names,
+                    obs_sites)
+        for start in range(0, n, rows)
+    ]
+    latent, log_joint, log_q, loglik = zip(*parts, strict=True)
+    return (
+        {name: torch.cat([p[name] for p in latent]) for name in latent_names},
+        torch.cat(log_joint),
+        torch.cat(log_q),
+        {name: torch.cat([p[name] for p in loglik]) for name in obs_sites},
+    )
+
+
 def _model_log_joint(model, args, kwargs, values: dict[str, torch.Tensor]) -> torch.Tensor:
     tr = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
     return tr.log_prob_sum()
@@ -179,7 +206,9 @@ def draw_guide(
         num_samples: number of draws ``N``.
         seed: seed of the draws; the global torch RNG state is restored afterwards.
         vectorize: ``True`` vectorized only (errors propagate), ``False`` loop only,
-            ``None`` vectorized with a fallback to the loop (with a warning).
+            ``None`` vectorized with a fallback to the loop (with a warning). The vectorized
+            pass runs in chunks of draws of at most
+            :data:`~pyro_kr.guides.chunks.SAMPLE_CHUNK_COORDINATES` latent coordinates.
 
     Returns:
         A :class:`GuideDraws`.
@@ -248,7 +277,7 @@ def draw_guide(
                 vectorize = False
 
         def vectorized_draws():
-            result = _vectorized(
+            result = _vectorized_in_chunks(
                 guide, model, args, kwargs, num_samples, depth, latent_names, obs_sites
             )
             _check_vectorized(model, args, kwargs, result, (0, num_samples - 1))

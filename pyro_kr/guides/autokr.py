@@ -13,6 +13,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide.initialization import init_to_median
 
 from pyro_kr._validation import check_dim
+from pyro_kr.guides.chunks import map_in_chunks
 from pyro_kr.guides.laplace import (
     LaplaceError,
     ModeSurvey,
@@ -364,11 +365,16 @@ class AutoKR(KRQueries, PackedKRGuide):
 
     @torch.no_grad()
     def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """Draw ``num_samples`` joint posterior draws: dict name -> ``(num_samples, *shape)``."""
+        """Draw ``num_samples`` joint posterior draws: dict name -> ``(num_samples, *shape)``.
+
+        The reference draws are mapped in chunks of at most
+        :data:`~pyro_kr.guides.chunks.SAMPLE_CHUNK_COORDINATES` coordinates, so the memory
+        beyond the draws themselves stays bounded (the same draws as one call).
+        """
         check_dim("num_samples", num_samples)
         self._ensure_setup(*args, **kwargs)
         x = self.get_base_dist().sample((num_samples,))
-        return self._constrain(self.get_transform()(x))
+        return self._constrain(map_in_chunks(self.get_transform(), x))
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from pyro import poutine
 from pyro.distributions.transforms import biject_to
 
 from pyro_kr._validation import check_dim
+from pyro_kr.guides.chunks import map_in_chunks
 
 __all__ = ["ConditionalPosterior", "KRQueries"]
 
@@ -41,7 +42,7 @@ class ConditionalPosterior:
         guide, m = self._guide, self._x_lead.shape[-1]
         rest = guide.get_base_dist().sample((num_samples,))[..., m:]
         x = torch.cat([self._x_lead.expand(num_samples, m), rest], dim=-1)
-        z = guide.get_transform()(x).clone()
+        z = map_in_chunks(guide.get_transform(), x).clone()
         z[..., :m] = self._z_lead
         return guide.unpack(z)
 
@@ -105,13 +106,17 @@ class KRQueries:
         Only the leading reference coordinates matter: the trailing ones are set to zero and,
         by triangularity, cannot change the leading outputs.
 
+        The draws are mapped in chunks of at most
+        :data:`~pyro_kr.guides.chunks.SAMPLE_CHUNK_COORDINATES` coordinates (bounded memory,
+        the same draws as one call); so are :meth:`ConditionalPosterior.sample`'s.
+
         Returns dict name -> ``(num_samples, *site_shape)`` for the requested sites.
         """
         check_dim("num_samples", num_samples)
         m = self._leading_width(names, "marginal")
         x = self.get_base_dist().sample((num_samples,))
         x[..., m:] = 0.0
-        values = self._constrain(self.get_transform()(x))
+        values = self._constrain(map_in_chunks(self.get_transform(), x))
         names = [names] if isinstance(names, str) else list(names)
         return {n: values[n] for n in names}
 

@@ -59,3 +59,31 @@ def test_benchmark_row_scores_the_guides_bias_against_the_exact_sd():
         assert row[f"exact_sd_{k}"] > 0 and np.isfinite(row[f"bias_sd_{k}"])
     # the bias is the draws' own sd against the exact one: a 5-step guide is far off
     assert row["bias_sd_log_tau"] != 0
+
+
+def test_family_gap_log_evidence_and_kl():
+    # log p(y) of the centered model (theta integrated out, grid over mu and log tau) against
+    # plain Monte Carlo over the prior of (mu, tau) at N = 3, where the prior is not too wide
+    import math
+
+    import torch
+
+    gap = load_benchmark("hierarchical_family_gap.py", "hierarchical_family_gap_bench")
+    y, sigma = gap.H.make_data(3)
+    g = torch.Generator().manual_seed(0)
+    m = 400_000
+    mu = 5.0 * torch.randn(m, generator=g, dtype=torch.float64)
+    tau = (5.0 * torch.distributions.Cauchy(0.0, 1.0).icdf(
+        torch.rand(m, generator=g, dtype=torch.float64) * 0.5 + 0.5))
+    var = sigma.double() ** 2 + tau[:, None] ** 2
+    r2 = (y.double() - mu[:, None]) ** 2
+    log_lik = (-0.5 * (torch.log(2 * math.pi * var) + r2 / var)).sum(-1)
+    mc = float(torch.logsumexp(log_lik, 0) - math.log(m))
+    weights = (log_lik - log_lik.max()).exp()
+    se = float(weights.std() / weights.mean()) / math.sqrt(m)  # relative error of the mean
+    assert abs(gap.log_evidence(y, sigma) - mc) < 4 * se + 1e-3
+    # the quadrature KL of a (briefly trained) guide is a KL: not negative, finite sd errors
+    rows = gap.run(8, 0, 50, 0.01, "affine", 6, 4, 1, 2000, False)
+    assert [r["stage"] for r in rows] == ["svi", "lbfgs 25"]
+    assert all(r["kl"] > -1e-3 and np.isfinite(r["own_sd_log_tau"]) for r in rows)
+    assert rows[1]["kl"] < rows[0]["kl"]

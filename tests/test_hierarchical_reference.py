@@ -87,3 +87,13 @@ def test_family_gap_log_evidence_and_kl():
     assert [r["stage"] for r in rows] == ["svi", "lbfgs 25"]
     assert all(r["kl"] > -1e-3 and np.isfinite(r["own_sd_log_tau"]) for r in rows)
     assert rows[1]["kl"] < rows[0]["kl"]
+
+
+def test_best_gaussian_of_the_globals_is_exact_where_the_posterior_is_gaussian():
+    # N = 1,000: the posterior of (mu, log tau) is nearly Gaussian, so the reverse-KL Gaussian
+    # has the exact sds within 1 %; N = 8: the funnel's neck makes it much narrower
+    gap = load_benchmark("hierarchical_family_gap.py", "hierarchical_family_gap_bench")
+    near = gap.best_gaussian_globals(*gap.H.make_data(1000), nodes=20)
+    assert abs(near["sd_log_tau"]) < 0.01 and abs(near["sd_mu"]) < 0.01
+    far = gap.best_gaussian_globals(*gap.H.make_data(8), nodes=20)
+    assert far["sd_log_tau"] < -0.05 and far["sd_mu"] < -0.05

@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     exact = (y[0] / sigma[0] ** 2 + mu0 / tau0**2) / prec
     print(f"theta_1 | mu = {mu0:.3f}, tau = {tau0:.3f}: {given[:, 0].mean():.3f} +- "
           f"{given[:, 0].std():.3f}  (exact {exact:.3f} +- {prec.rsqrt():.3f})")
+    # joint draws of every site (all groups): the reference draws go through the map in chunks
+    # of at most pyro_kr.guides.chunks.SAMPLE_CHUNK_COORDINATES coordinates, so the memory beyond
+    # the draws themselves stays bounded however many draws are asked for
+    draws = guide.sample_posterior(4000, y, sigma)
+    print(f"sample_posterior: theta {tuple(draws['theta'].shape)}, in chunks of "
+          f"{pyro_kr.guides.chunks.SAMPLE_CHUNK_COORDINATES} coordinates")
     return {"seconds": seconds, "mu": float(globals_["mu"].mean())}
 
 

@@ -28,7 +28,9 @@ on a 2-core Linux box (``OMP_NUM_THREADS=1``): growth 663 MB at 2^20, 209 MB at 
 is small, so one budget serves every map: ``sample_posterior(4000)`` of a dense 300-latent
 AutoKR took 1.80 s at 2^16 (218 rows per call), 1.64 s at 2^17, 1.56 s at 2^18, 1.63 s at 2^20;
 of the sparse monotone map at 1,000 groups (1,002 latents, 65 rows per call) 2.7 to 3.2 s at
-2^16 and 3.3 to 4.3 s at 2^18 and 2^20.
+2^16 and 3.3 to 4.3 s at 2^18 and 2^20. A later rerun of the dense case gave 1.8 to 1.9 s at
+2^16 against 1.4 to 1.5 s at 2^20 (about 30 % slower) and 2.5 to 2.8 s at 2^15: the dense map
+pays for the sparse maps' bound, which is why the budget is not smaller.
 """
 
 from __future__ import annotations

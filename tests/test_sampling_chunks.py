@@ -63,6 +63,7 @@ def _spy(monkeypatch, rows: list[int]) -> None:
             rows.append(chunk.shape[0])
             return transform(chunk)
 
+        recorded.sampling_cost = chunks.sampling_cost(transform)
         return map_in_chunks(recorded, x, budget)
 
     monkeypatch.setattr(autokr_module, "map_in_chunks", spied)
@@ -89,7 +90,9 @@ def test_chunked_queries_give_the_unchunked_draws(monkeypatch, structure, query)
     whole = draw()
     assert rows == [NUM]
     rows.clear()
-    monkeypatch.setattr(chunks, "SAMPLE_CHUNK_COORDINATES", 8 * d + 3)  # 8 rows per call
+    cost = guide.sampling_cost  # 8 for the sparse map, 1 for the dense one
+    assert cost == (8.0 if structure == "plates" else 1.0)
+    monkeypatch.setattr(chunks, "SAMPLE_CHUNK_COORDINATES", (8 * d + 3) * cost)  # 8 rows a call
     chunked = draw()
     assert rows == [8, 8, 8, 8, 5]
     assert chunked.keys() == whole.keys()
@@ -211,7 +214,8 @@ def test_draw_guide_in_uneven_chunks_scores_every_draw(monkeypatch, structure):
     guide, y = _fitted(structure)
     d = guide.latent_dim
     calls = _draw_calls(monkeypatch)
-    monkeypatch.setattr(chunks, "SAMPLE_CHUNK_COORDINATES", 13 * d + 2)  # 13 draws per pass
+    cost = guide.sampling_cost
+    monkeypatch.setattr(chunks, "SAMPLE_CHUNK_COORDINATES", (13 * d + 2) * cost)  # 13 per pass
     draws = draw_guide(guide, _model, (y,), num_samples=NUM, vectorize=True)
     assert calls[-3:] == [13, 13, 11] and draws.vectorized
     assert draws.latent["theta"].shape == (NUM, N) and draws.latent["mu"].shape == (NUM,)
@@ -241,7 +245,7 @@ def test_draw_guide_within_the_budget_is_one_unchanged_pass(monkeypatch):
     assert calls[-1] == NUM
     monkeypatch.undo()
     calls = _draw_calls(monkeypatch)
-    assert NUM * guide.latent_dim <= chunks.SAMPLE_CHUNK_COORDINATES
+    assert NUM * guide.latent_dim * guide.sampling_cost <= chunks.SAMPLE_CHUNK_COORDINATES
     default = draw_guide(guide, _model, (y,), num_samples=NUM, seed=3)
     assert calls[-1] == NUM
     for name in ("latent", "log_likelihood"):
@@ -265,3 +269,31 @@ def test_sampling_memory_benchmark_smoke():
     row = out.stdout.strip().splitlines()[-1].split()
     assert row[:3] == ["sample_posterior", "50", "500"]
     assert float(row[4]) >= 0
+
+
+def test_the_budget_is_divided_by_the_maps_sampling_cost():
+    # the sparse map's conditioner runs per draw and group: it gets 1/8 of the dense map's rows
+    dense, _ = _fitted("dense")
+    sparse, _ = _fitted("plates")
+    assert chunks.sampling_cost(dense.get_transform()) == 1.0
+    assert chunks.sampling_cost(sparse.get_transform()) == 8.0 == sparse.sampling_cost
+    assert pyro_kr.AutoKR(_model).sampling_cost == 1.0  # before setup
+    x = torch.randn(100, dense.latent_dim, dtype=DT)
+    rows: list[int] = []
+
+    def recorded(transform):
+        def call(chunk):
+            rows.append(chunk.shape[0])
+            return transform(chunk)
+
+        call.sampling_cost = chunks.sampling_cost(transform)
+        return call
+
+    budget = 16 * dense.latent_dim * 8
+    map_in_chunks(recorded(dense.get_transform()), x, budget)
+    assert rows[0] == 100  # 128 rows fit
+    rows.clear()
+    map_in_chunks(recorded(sparse.get_transform()), x, budget)
+    assert rows[:-1] == [16] * 6 and rows[-1] == 4
+    with pytest.raises(ValueError, match="sampling_cost must be positive"):
+        chunks.sampling_cost(type("Bad", (), {"sampling_cost": 0.0})())

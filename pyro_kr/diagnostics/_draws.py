@@ -13,7 +13,8 @@ the site layout (shapes, plate dims). Two strategies:
   ``poutine.trace(poutine.replay(model, guide_trace))``; slower, works for any model.
 
 The vectorized pass runs in chunks of draws when ``N`` times the latent numel per draw exceeds
-``pyro_kr.guides.chunks.SAMPLE_CHUNK_COORDINATES`` (read at call time), so its memory stays
+``pyro_kr.guides.chunks.SAMPLE_CHUNK_COORDINATES`` (read at call time; divided by the guide's
+``sampling_cost``, 8 for ``AutoKR(structure="plates")``), so its memory stays
 bounded; the chunks' results are concatenated. A batch within the budget runs in one pass, with
 the same random stream as before chunking; chunked, each chunk draws its own base sample.
 """
@@ -141,9 +142,10 @@ def _vectorized(guide, model, args, kwargs, n, depth, latent_names, obs_sites):
 
 def _vectorized_in_chunks(guide, model, args, kwargs, n, depth, latent_names, obs_sites):
     """:func:`_vectorized` in chunks of draws of at most ``SAMPLE_CHUNK_COORDINATES`` latent
-    coordinates each, concatenated along the draws dim (one call when all ``n`` fit)."""
+    coordinates each (divided by the guide's ``sampling_cost``, if it declares one),
+    concatenated along the draws dim (one call when all ``n`` fit)."""
     per_draw = sum(math.prod(shape) for shape in latent_names.values())
-    rows = chunks.chunk_rows(n, per_draw)
+    rows = chunks.chunk_rows(n, per_draw, cost=chunks.sampling_cost(guide))
     if rows >= n:
         return _vectorized(guide, model, args, kwargs, n, depth, latent_names, obs_sites)
     parts = [

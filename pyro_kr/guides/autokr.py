@@ -13,6 +13,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide.initialization import init_to_median
 
 from pyro_kr._validation import check_dim
+from pyro_kr.guides import chunks
 from pyro_kr.guides.chunks import map_in_chunks
 from pyro_kr.guides.laplace import (
     LaplaceError,
@@ -334,6 +335,16 @@ class AutoKR(KRQueries, PackedKRGuide):
                 self._unconstrained_shapes, self._pyro_name, guide_plates(self, *args, **kwargs),
             )
         return super().forward(*args, **kwargs)
+
+    @property
+    def sampling_cost(self) -> float:
+        """Relative memory per sampled coordinate of the map in use (8 for the sparse map of
+        ``structure="plates"``, 1 for a dense map or before setup); the chunked sampling of
+        :mod:`pyro_kr.guides.chunks` (and of ``psis`` / ``to_inference_data``) divides its
+        coordinate budget by it."""
+        if self.prototype_trace is None:
+            return 1.0
+        return chunks.sampling_cost(self._map())
 
     @property
     def structure_plan(self):

@@ -298,6 +298,10 @@ class SparseKRMap(ParameterAwareCache, TransformModule):
     codomain = constraints.real_vector
     bijective = True
     sign = +1
+    sampling_cost = 8.0
+    """Relative memory per mapped coordinate when sampling (``pyro_kr.guides.chunks``): the
+    groups' conditioner runs per draw and group, 450 bytes (monotone) to 1.1 KB (affine with
+    the group embedding) per coordinate, against about 80 for the dense map."""
 
     def __init__(
         self, plan: PlatePlan, global_map: ComposeTransformModule, local: LocalMap,

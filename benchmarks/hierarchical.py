@@ -327,8 +327,8 @@ def run_logistic(name, steps, particles, lr, seed=0, evaluate=True, khat_draws=4
     pyro.clear_param_store()
     torch.manual_seed(seed)
     guide = make_logistic_guide(name)
-    elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
-    svi = pyro.infer.SVI(logistic_model, guide, pyro.optim.Adam({"lr": lr}), elbo)
+    svi = pyro.infer.SVI(logistic_model, guide, pyro.optim.Adam({"lr": lr}),
+                         make_elbo(name, particles))
     svi.step(*args)  # setup outside the timing
     start, cpu0 = time.perf_counter(), time.process_time()
     failed, step = None, -1
@@ -405,6 +405,22 @@ def run_logistic_table(args) -> None:
                          for c in cols))
 
 
+GRADIENT = "reparam"
+"""The gradient estimator of the ``autokr_*`` guides (``--gradient``): ``"reparam"``, Pyro's
+``Trace_ELBO`` (every stored row without a ``gradient`` field), or ``"path"``,
+``pyro_kr.TransportELBO(None, gradient="path")`` (the same loss, sticking the landing). The
+other guides always train with ``Trace_ELBO``."""
+
+
+def make_elbo(name: str, particles: int):
+    """The loss of guide ``name``: ``Trace_ELBO``, or the path-gradient ELBO for the
+    ``autokr_*`` guides under ``--gradient path``."""
+    if name.startswith("autokr") and GRADIENT == "path":
+        return pyro_kr.TransportELBO(None, num_particles=particles, vectorize_particles=True,
+                                     max_plate_nesting=1, gradient="path")
+    return Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
+
+
 def set_order(order: str) -> None:
     """Use ``order`` for every ``autokr_*`` guide built from now on (``--order``)."""
     global MEASURED_ORDER
@@ -455,8 +471,7 @@ def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd
     pyro.clear_param_store()
     torch.manual_seed(seed)
     guide = make_guide(name)
-    elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
-    svi = pyro.infer.SVI(model, guide, make_optim(lr, lrd, steps), elbo)
+    svi = pyro.infer.SVI(model, guide, make_optim(lr, lrd, steps), make_elbo(name, particles))
     svi.step(y, sigma, subsample)  # setup outside the timing
     start = time.perf_counter()
     failed = None
@@ -474,6 +489,7 @@ def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd
            "seed": seed, "seconds_per_step": sec}
     if name.startswith("autokr"):
         row["order"] = MEASURED_ORDER
+        row["gradient"] = GRADIENT
     if lrd != 1:
         row["lrd"] = lrd
     if failed:
@@ -559,8 +575,13 @@ def main() -> None:
     p.add_argument("--order", choices=["model", "auto"], default=MEASURED_ORDER,
                    help="AutoKR's order for the autokr_* guides (auto: the library's default, "
                         "scales first here; model: as the stored rows before 2026-12-06)")
+    p.add_argument("--gradient", choices=["reparam", "path"], default="reparam",
+                   help="the autokr_* guides' gradient estimator (path: TransportELBO(None, "
+                        "gradient='path'), sticking the landing; reparam: Trace_ELBO)")
     args = p.parse_args()
     set_order(args.order)
+    global GRADIENT
+    GRADIENT = args.gradient
     torch.set_num_threads(1)
     if args.smoke:
         args.steps, args.groups, args.timing_groups, args.timing_steps = 20, [8], [100], 5

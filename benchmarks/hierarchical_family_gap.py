@@ -24,6 +24,8 @@ quadrature rule cannot have been fit to.
 ``--float64`` runs in double precision (float32 L-BFGS stops early on a loss of about 300 nats).
 
     OMP_NUM_THREADS=1 python benchmarks/hierarchical_family_gap.py --n 100 --seeds 0 1 2 --float64
+    OMP_NUM_THREADS=1 python benchmarks/hierarchical_family_gap.py --n 100 --seeds 0 1 2 \
+        --float64 --gradient path          # SVI with the path-derivative gradient
     python benchmarks/hierarchical_family_gap.py --gaussian-limit 8 100 1000
     python benchmarks/hierarchical_family_gap.py --smoke
 
@@ -177,7 +179,7 @@ def own_errors(guide, exact: dict, draws: int) -> dict:
 
 
 def run(n, seed, steps, lrd, map_kind, nodes_globals, nodes_locals, rounds, draws, float64,
-        mc_draws=20000):
+        mc_draws=20000, gradient="reparam"):
     y, sigma = H.make_data(n)  # the benchmark's data (float32), cast below
     exact = H.exact_moments(y, sigma)
     log_z = log_evidence(y, sigma)
@@ -186,7 +188,12 @@ def run(n, seed, steps, lrd, map_kind, nodes_globals, nodes_locals, rounds, draw
     pyro.clear_param_store()
     torch.manual_seed(seed)
     guide = pyro_kr.AutoKR(H.model, map=map_kind, structure="plates")
-    elbo = pyro.infer.Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
+    if gradient == "path":  # the same loss, the path-derivative gradient
+        elbo = pyro_kr.TransportELBO(None, num_particles=8, vectorize_particles=True,
+                                     max_plate_nesting=1, gradient="path")
+    else:
+        elbo = pyro.infer.Trace_ELBO(num_particles=8, vectorize_particles=True,
+                                     max_plate_nesting=1)
     svi = pyro.infer.SVI(H.model, guide, H.make_optim(1e-2, lrd, steps), elbo)
     start = time.perf_counter()
     for _ in range(steps):
@@ -202,6 +209,7 @@ def run(n, seed, steps, lrd, map_kind, nodes_globals, nodes_locals, rounds, draw
     def record(stage, value):
         kl_mc, kl_mc_se = monte_carlo_kl(guide, y, sigma, log_z, mc_draws)
         rows.append({"n": n, "seed": seed, "map": map_kind, "steps": steps, "lrd": lrd,
+                     "gradient": gradient,
                      "stage": stage, "kl": float(value) - entropy_ref + log_z,
                      "kl_mc": kl_mc, "kl_mc_se": kl_mc_se,
                      "nodes": [nodes_globals, nodes_locals], "float64": float64,
@@ -242,6 +250,10 @@ def main() -> None:
     p.add_argument("--mc-draws", type=int, default=20000,
                    help="random draws of the Monte Carlo check of the quadrature's KL")
     p.add_argument("--float64", action="store_true")
+    p.add_argument("--gradient", choices=["reparam", "path"], default="reparam",
+                   help="SVI's gradient: Trace_ELBO's (reparam) or TransportELBO(None, "
+                        "gradient='path') (the path derivative); rows without a gradient "
+                        "field are reparam")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--gaussian-limit", type=int, nargs="+", metavar="N",
                    help="only print the sd errors of the best Gaussian of the globals' exact "
@@ -260,7 +272,7 @@ def main() -> None:
     rows = []
     for seed in a.seeds:
         rows += run(a.n, seed, a.steps, a.lrd, a.map, a.nodes_globals, a.nodes_locals,
-                    a.rounds, a.draws, a.float64, a.mc_draws)
+                    a.rounds, a.draws, a.float64, a.mc_draws, a.gradient)
     print(f"\n{'seed':>4} {'stage':<11} {'KL nats':>8} {'KL MC (se)':>17} {'own sd log tau':>15} "
           f"{'own sd mu':>10}")
     for r in rows:

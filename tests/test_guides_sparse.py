@@ -11,6 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _gaussian_hierarchy import N, exact_posterior, hierarchy_data, known_tau_model
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
@@ -18,38 +19,7 @@ import pyro_kr
 from pyro_kr.guides.sparse import SparseKRMap
 from pyro_kr.transforms.tril_ops import TrilCache, tril_matmul, tril_solve
 
-N = 6
-SIGMA = torch.linspace(0.5, 2.0, N)
-TAU = 1.5
-
-
-def _data(n=N, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    sigma = torch.linspace(0.5, 2.0, n)
-    return 1.0 + TAU * torch.randn(n, generator=g) + sigma * torch.randn(n, generator=g), sigma
-
-
-def _model(y, sigma, subsample_size=None):
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    with pyro.plate("groups", len(y), subsample_size=subsample_size) as idx:
-        theta = pyro.sample("theta", dist.Normal(mu, TAU))
-        pyro.sample("y", dist.Normal(theta, sigma[idx]), obs=y[idx])
-
-
-def _exact(y, sigma):
-    """Mean and covariance of the Gaussian posterior of (mu, theta) (tau known)."""
-    n = len(y)
-    prec = torch.zeros(n + 1, n + 1, dtype=torch.float64)
-    rhs = torch.zeros(n + 1, dtype=torch.float64)
-    prec[0, 0] = 1 / 25
-    for i in range(n):
-        v = torch.zeros(n + 1, dtype=torch.float64)
-        v[0], v[i + 1] = -1.0, 1.0
-        prec += torch.outer(v, v) / TAU**2
-        prec[i + 1, i + 1] += 1 / float(sigma[i]) ** 2
-        rhs[i + 1] = float(y[i]) / float(sigma[i]) ** 2
-    cov = torch.linalg.inv(prec)
-    return cov @ rhs, cov
+_data, _model, _exact = hierarchy_data, known_tau_model, exact_posterior
 
 
 def test_tril_ops_gradients_match_dense_factor():

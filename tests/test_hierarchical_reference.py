@@ -61,6 +61,28 @@ def test_benchmark_row_scores_the_guides_bias_against_the_exact_sd():
     assert row["bias_sd_log_tau"] != 0
 
 
+def test_benchmark_trains_the_kr_guides_with_the_path_gradient_when_asked():
+    import pyro
+
+    import pyro_kr
+
+    floors = load_benchmark("hierarchical_floors.py", "hierarchical_floors_bench")
+    h = floors.H
+    before = h.GRADIENT
+    try:
+        h.GRADIENT = "path"
+        loss = h.make_elbo("autokr_sparse", 4)
+        assert isinstance(loss, pyro_kr.TransportELBO) and loss.gradient == "path"
+        assert loss.num_particles == 4 and loss.schedule is None  # the plain ELBO's loss
+        # the stock guides keep Pyro's Trace_ELBO
+        assert type(h.make_elbo("iaf", 4)) is pyro.infer.Trace_ELBO
+        row = h.run_one("autokr_sparse_affine", 8, 5, 2, 1e-2, False)
+        assert row["gradient"] == "path" and np.isfinite(row["seconds_per_step"])
+    finally:
+        h.GRADIENT = before
+    assert type(h.make_elbo("autokr_sparse", 4)) is pyro.infer.Trace_ELBO
+
+
 def test_family_gap_log_evidence_and_kl():
     # log p(y) of the centered model (theta integrated out, grid over mu and log tau) against
     # plain Monte Carlo over the prior of (mu, tau) at N = 3, where the prior is not too wide

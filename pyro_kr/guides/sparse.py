@@ -74,6 +74,7 @@ from pyro_kr.transforms import (
     ParameterAwareCache,
     TriangularAffine,
 )
+from pyro_kr.transforms.score import block_triangular_score
 
 __all__ = [
     "LocalMap",
@@ -347,6 +348,23 @@ class SparseKRMap(ParameterAwareCache, TransformModule):
         x_g = self.global_map.inv(z_g)
         x_loc = LocalTransform(self.local, x_g.unsqueeze(-2), None).inv(z_loc)
         return self._merge(x_g, x_loc)
+
+    def log_density_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z = T(x)`` and the score ``grad_z log q(z)`` of ``q = T#N(0, I)``, ``(..., d)``
+        each (:func:`pyro_kr.transforms.score.log_density_score`), by the block solve of
+        :func:`~pyro_kr.transforms.score.block_triangular_score`: one backward pass through the
+        whole map (plus passes through the globals' map and the groups' own coordinates),
+        whatever the number of groups."""
+        with torch.enable_grad():
+            x_g, x_loc = self._split(x.detach())
+            x_g, x_loc = x_g.requires_grad_(True), x_loc.requires_grad_(True)
+            z_g = self.global_map(x_g)
+            local = LocalTransform(self.local, x_g.unsqueeze(-2), None)
+            z_loc = local(x_loc)
+            log_det = self.global_map.log_abs_det_jacobian(x_g, z_g)
+            log_det = log_det + local.log_abs_det_jacobian(x_loc, z_loc).sum(-1)
+            score_g, score_loc = block_triangular_score(x_g, z_g, log_det, x_loc, z_loc)
+        return self._merge(z_g, z_loc), self._merge(score_g, score_loc)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._refresh_cache()

@@ -6,7 +6,7 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.trace_struct import Trace
 
-__all__ = ["reference_pairs", "transport_cost", "weighted_cost"]
+__all__ = ["pushforward_transforms", "reference_pairs", "transport_cost", "weighted_cost"]
 
 
 def weighted_cost(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -49,6 +49,15 @@ def _is_standard_normal(base) -> bool:
     return bool((base.loc == 0).all()) and bool((base.scale == 1).all())
 
 
+def pushforward_transforms(site: dict) -> list | None:
+    """The transforms ``[T_1, ..., T_k]`` of a guide site sampled as ``T#N(0, I)``
+    (``T = T_k o ... o T_1``), or ``None`` if the site is not such a pushforward."""
+    fn = _unwrap(site["fn"])
+    if fn is None or not _is_standard_normal(fn.base_dist):
+        return None
+    return list(fn.transforms)
+
+
 def reference_pairs(guide_trace: Trace) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """Return ``(site name, x, T(x))`` for every guide site sampled as ``T#N(0, I)``.
 
@@ -65,12 +74,12 @@ def reference_pairs(guide_trace: Trace) -> list[tuple[str, torch.Tensor, torch.T
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
-        fn = _unwrap(site["fn"])
-        if fn is None or not _is_standard_normal(fn.base_dist):
+        transforms = pushforward_transforms(site)
+        if transforms is None:
             continue
         z = site["value"]
         x = z
-        for transform in reversed(fn.transforms):
+        for transform in reversed(transforms):
             x = transform.inv(x)
         pairs.append((name, x.detach(), z))
     if not pairs:

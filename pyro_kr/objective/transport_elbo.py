@@ -16,6 +16,7 @@ from pyro.util import warn_if_nan
 from pyro_kr._batching import BATCH_SAFE_HINT, batch_problem, prototype, quiet_plate_guess
 from pyro_kr._validation import check_dim, check_no_enumeration, check_observed
 from pyro_kr.objective.cost import transport_cost
+from pyro_kr.objective.path_gradient import use_path_gradient
 from pyro_kr.objective.schedules import Annealing, ConstantSchedule
 from pyro_kr.objective.tempering import tempered
 from pyro_kr.traces import guess_plate_nesting
@@ -58,6 +59,15 @@ class TransportELBO(Trace_ELBO):
         num_particles: draws per step (``>= 1``).
         vectorize_particles: draw the particles in one vectorized pass when the model is
             batch-safe (default); ``False`` always runs them one after another.
+        gradient: ``"reparam"`` (default) is Pyro's reparameterized gradient, as in
+            ``Trace_ELBO``. ``"path"`` drops the zero-mean score term of the guide's
+            log-density from it ("sticking the landing", Roeder, Wu and Duvenaud 2017;
+            :mod:`pyro_kr.objective.path_gradient`): still unbiased, and its variance vanishes
+            as the guide approaches the (tempered) posterior, so SVI gets closer to the
+            family's optimum at the same step budget. Each step costs one more forward and
+            backward pass of the map (for a dense map of ``d`` coordinates, ``d + 1``
+            backward passes); needs an ``AutoKR`` map, dense or ``structure="plates"`` without
+            plate subsampling. The loss values are the same as with ``"reparam"``.
         **elbo_kwargs: passed to :class:`~pyro.infer.Trace_ELBO` (e.g. ``max_plate_nesting``).
 
     Example:
@@ -78,8 +88,14 @@ class TransportELBO(Trace_ELBO):
         *,
         num_particles: int = 1,
         vectorize_particles: bool = True,
+        gradient: str = "reparam",
         **elbo_kwargs,
     ) -> None:
+        if gradient not in ("reparam", "path"):
+            raise ValueError(
+                f"gradient must be 'reparam' (Pyro's reparameterized gradient) or 'path' (the "
+                f"path derivative, sticking the landing), got {gradient!r}"
+            )
         if schedule is not None and not isinstance(schedule, Annealing):
             raise TypeError(
                 f"schedule must be a pyro_kr.Annealing or None, got {type(schedule).__name__}"
@@ -98,7 +114,13 @@ class TransportELBO(Trace_ELBO):
                 "ramp (Annealing.over(steps, beta=1.0): Annealing.over ramps beta by "
                 "default), or use TransportELBO"
             )
+        if gradient == "path" and type(self)._objective is not TransportELBO._objective:
+            raise ValueError(
+                f"{type(self).__name__} computes its own objective and does not support "
+                "gradient='path'; leave gradient='reparam' (the default)"
+            )
         self.schedule = schedule
+        self.gradient = gradient
         self.last: dict[str, float] = {}
         self._checked = False
 
@@ -133,6 +155,11 @@ class TransportELBO(Trace_ELBO):
             self._first_call_checks(model, guide, args, kwargs)
         with quiet_plate_guess():
             yield from super()._get_traces(model, guide, args, kwargs)
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        if self.gradient == "path" and torch.is_grad_enabled():
+            use_path_gradient(guide_trace)
+        return super()._differentiable_loss_particle(model_trace, guide_trace)
 
     def current(self) -> tuple[float, float]:
         """Current ``(eps, lam)``; ``(1.0, inf)`` without a schedule."""

@@ -101,6 +101,29 @@ def test_score_matches_the_dense_jacobian_solve(map_kind, structure):
     torch.testing.assert_close(score, _dense_score(T, x), rtol=1e-8, atol=1e-8)
 
 
+def _two_locals(y):
+    """Two local sites per group (``d_l = 2``: a location and a scale); ``y`` is
+    ``(observations, groups)``."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
+    with pyro.plate("groups", y.shape[-1]):
+        a = pyro.sample("a", dist.Normal(mu, 1.0))
+        s = pyro.sample("s", dist.LogNormal(0.0, 0.5))
+        with pyro.plate("observations", y.shape[-2], dim=-2):
+            pyro.sample("y", dist.Normal(a, s), obs=y)
+
+
+@pytest.mark.parametrize("map_kind", ["affine", "monotone"])
+def test_score_with_two_coordinates_per_group(map_kind):
+    y = torch.randn(2, 4, dtype=DT)
+    guide, T = _guide_map(_two_locals, (y,), map=map_kind, structure="plates")
+    assert guide.structure_plan is not None and guide.structure_plan.local_dim == 2
+    assert guide.latent_dim == 1 + 2 * 4
+    T = _perturbed(T.to(DT))
+    x = torch.randn(3, guide.latent_dim, dtype=DT)
+    _, score = log_density_score(T, x)
+    torch.testing.assert_close(score, _dense_score(T, x), rtol=1e-8, atol=1e-8)
+
+
 def test_block_solve_without_groups_is_the_dense_case():
     torch.manual_seed(0)
     T = _perturbed(MonotoneTriangular(3).to(DT))

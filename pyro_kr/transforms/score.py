@@ -39,6 +39,15 @@ def _rows(out: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, dim=-2)
 
 
+def _grad_or_none(out: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor | None:
+    """``d out / d wrt``, or ``None`` where ``out`` does not depend on ``wrt`` (a constant
+    log-determinant, as an affine map's)."""
+    if not out.requires_grad:
+        return None
+    (grad,) = torch.autograd.grad(out, wrt, retain_graph=True, allow_unused=True)
+    return grad
+
+
 def _solve_transposed(jac: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """``w`` with ``jac^T w = rhs`` for lower-triangular ``jac`` (``(..., k, k)``)."""
     w = torch.linalg.solve_triangular(jac.transpose(-1, -2), rhs.unsqueeze(-1), upper=True)
@@ -94,13 +103,12 @@ def block_triangular_score(
     if x_l is not None:
         # the groups' own terms: only the groups' own (elementwise) paths are differentiated,
         # so these passes skip the conditioner on the globals
-        (grad_l,) = torch.autograd.grad(log_det.sum(), x_l, retain_graph=True, allow_unused=True)
+        grad_l = _grad_or_none(log_det.sum(), x_l)
         r_l = -x_l.detach() - (0.0 if grad_l is None else grad_l)
         score_l = _solve_transposed(_rows(z_l, x_l), r_l)
         extra = (z_l * score_l).sum()  # its gradient in x_g is J_lg^T w_l
     # one pass through the whole map: grad_g log|det| + J_lg^T w_l
-    (grad_g,) = torch.autograd.grad(log_det.sum() + extra, x_g, retain_graph=True,
-                                    allow_unused=True)
+    grad_g = _grad_or_none(log_det.sum() + extra, x_g)
     r_g = -x_g.detach() - (0.0 if grad_g is None else grad_g)
     score_g = _solve_transposed(_rows(z_g, x_g), r_g)
     return score_g.detach(), None if score_l is None else score_l.detach()

@@ -24,14 +24,6 @@ from pyro_kr.transforms.score import block_triangular_score, is_triangular_map, 
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 _data, _known_tau, _exact = hierarchy_data, known_tau_model, exact_posterior
 
 

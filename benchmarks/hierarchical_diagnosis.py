@@ -11,7 +11,8 @@ the runs in the docs were measured) unless ``--kw`` sets it, ``iaf``. Options: s
 particles, step size, a step size decaying by ``--lrd`` over the run (``ClippedAdam``),
 ``--kw`` (JSON of AutoKR keyword arguments), ``--bias-draws K`` (the guide's own sd error of
 ``mu`` and ``log tau`` from ``K`` draws against the quadrature), ``--no-scale-slope`` (the
-sparse map without its per-group log-scale slopes, as before 2026-12-06).
+sparse map without its per-group log-scale slopes, as before 2026-12-06), ``--gradient path``
+(``pyro_kr.TransportELBO(None, gradient="path")`` in place of ``Trace_ELBO``).
 docs/hierarchical.md, "What limits N = 8", lists the runs, e.g.
 
     python benchmarks/hierarchical_diagnosis.py marginal dense --seeds 0 1 2 --lrd 0.1
@@ -84,6 +85,8 @@ def main() -> None:
     p.add_argument("--no-scale-slope", action="store_true",
                    help="ablation: the sparse map without its per-group log-scale slopes "
                         "(pyro_kr.guides.sparse.SCALE_SLOPE = False, the map before 2026-12-06)")
+    p.add_argument("--gradient", choices=["reparam", "path"], default="reparam",
+                   help="path: TransportELBO(None, gradient=\"path\") (sticking the landing)")
     a = p.parse_args()
     if a.no_scale_slope:
         sparse.SCALE_SLOPE = False
@@ -95,8 +98,13 @@ def main() -> None:
         pyro.clear_param_store()
         torch.manual_seed(seed)
         guide = make_guide(a.guide, model, json.loads(a.kw))
-        elbo = pyro.infer.Trace_ELBO(num_particles=a.particles, vectorize_particles=True,
-                                     max_plate_nesting=1)
+        if a.gradient == "path":
+            elbo = pyro_kr.TransportELBO(None, num_particles=a.particles,
+                                         vectorize_particles=True, max_plate_nesting=1,
+                                         gradient="path")
+        else:
+            elbo = pyro.infer.Trace_ELBO(num_particles=a.particles, vectorize_particles=True,
+                                         max_plate_nesting=1)
         if a.lrd != 1:
             optim = pyro.optim.ClippedAdam({"lr": a.lr, "lrd": a.lrd ** (1 / a.steps)})
         else:
@@ -113,7 +121,8 @@ def main() -> None:
                                         max_plate_nesting=1)
             neg_elbo = big.loss(model, guide, y, sigma)
         g = np.stack([out["mu"].reshape(-1).numpy(), out["tau"].reshape(-1).log().numpy()], 1)
-        row = dict(variant=a.variant, guide=a.guide, kw=a.kw, scale_slope=not a.no_scale_slope,
+        row = dict(variant=a.variant, guide=a.guide, kw=a.kw, gradient=a.gradient,
+                   scale_slope=not a.no_scale_slope,
                    n=a.n, seed=seed, steps=a.steps,
                    lr=a.lr, lrd=a.lrd, particles=a.particles,
                    w2=H.w2_2d(g[:1000], ref_g[:1000]),

@@ -119,3 +119,25 @@ def test_best_gaussian_of_the_globals_is_exact_where_the_posterior_is_gaussian()
     assert abs(near["sd_log_tau"]) < 0.01 and abs(near["sd_mu"]) < 0.01
     far = gap.best_gaussian_globals(*gap.H.make_data(8), nodes=20)
     assert far["sd_log_tau"] < -0.05 and far["sd_mu"] < -0.05
+
+
+def test_leading_tail_testbed_exact_globals_and_reference_weights():
+    # benchmarks/hierarchical_leading_tail.py: its 1-d quadrature of the globals' posterior
+    # agrees with the benchmark's 2-d grid, and its wide reference draws are weighted so that
+    # they estimate N(0, I) expectations without bias
+    import torch
+
+    tail = load_benchmark("hierarchical_leading_tail.py", "hierarchical_leading_tail_bench")
+    y, sigma = tail.H.make_data(8)
+    fine, grid = tail.exact_globals(y, sigma**2), tail.H.exact_moments(y, sigma)
+    for k in ("mu", "log_tau"):
+        assert abs(fine[f"exact_sd_{k}"] / grid[f"exact_sd_{k}"] - 1) < 0.002
+        assert abs(fine[f"exact_mean_{k}"] - grid[f"exact_mean_{k}"]) < 0.002
+    torch.manual_seed(0)
+    x, w = tail.reference_draws(400_000, 2, 1.5)
+    assert x.std() > 1.45  # drawn wide
+    # E[w] = 1 and E[w x^2] = 1 under N(0, 1); se of these means below 0.005 here
+    assert abs(float(w.mean()) - 1) < 0.01
+    assert abs(float((w[:, None] * x**2).mean()) - 1) < 0.02
+    x, w = tail.reference_draws(10, 2, 1.0)
+    assert torch.equal(w, torch.ones(10))

@@ -109,6 +109,19 @@ def reference_draws(num: int, dim: int, scale: float) -> tuple[torch.Tensor, tor
     return x, log_weight.exp()
 
 
+def path_step(optim, params, z, score_q, logp, weight) -> None:
+    """One step on the path gradient of ``KL(q || p)``, ``mean(weight (score_q - score_p) .
+    dz/dphi)``, for draws ``z (n, d)`` with graph to the parameters and their scores under
+    ``q``; per-parameter gradient clipping at norm 10 (as Pyro's ``ClippedAdam``)."""
+    zd = z.detach().requires_grad_(True)
+    (score_p,) = torch.autograd.grad(logp(zd).sum(), zd)
+    optim.zero_grad()
+    ((weight[:, None] * (score_q - score_p)).detach() * z).sum().div(len(z)).backward()
+    for p in params:
+        torch.nn.utils.clip_grad_norm_([p], 10.0)
+    optim.step()
+
+
 def sgd(a, seed: int, y, s2, exact: dict) -> dict:
     first_tau = a.order == "tau"
 
@@ -130,15 +143,7 @@ def sgd(a, seed: int, y, s2, exact: dict) -> dict:
             weight = torch.ones(a.particles)
         else:
             x, weight = reference_draws(a.particles, 2, s)
-        optim.zero_grad()
-        z, score_q = log_density_score(T, x)
-        zd = z.detach().requires_grad_(True)
-        (score_p,) = torch.autograd.grad(logp(zd).sum(), zd)
-        # path gradient of KL(q || p): (score_q - score_p) . dz/dphi, importance-weighted
-        ((weight[:, None] * (score_q - score_p)).detach() * z).sum().div(a.particles).backward()
-        for p in params:
-            torch.nn.utils.clip_grad_norm_([p], 10.0)
-        optim.step()
+        path_step(optim, params, *log_density_score(T, x), logp, weight)
         decay.step()
     with torch.no_grad():
         z = T(torch.randn(200_000, 2))
@@ -173,14 +178,7 @@ def full_model(a, seed: int, y, sigma, exact: dict) -> dict:
     for _ in range(a.steps):
         x_g, weight = reference_draws(a.particles, 2, a.reference_scale)
         x = torch.cat([x_g, torch.randn(a.particles, d - 2)], -1)
-        optim.zero_grad()
-        z, score_q = smap.log_density_score(x)
-        zd = z.detach().requires_grad_(True)
-        (score_p,) = torch.autograd.grad(logp(zd).sum(), zd)
-        ((weight[:, None] * (score_q - score_p)).detach() * z).sum().div(a.particles).backward()
-        for p in params:
-            torch.nn.utils.clip_grad_norm_([p], 10.0)
-        optim.step()
+        path_step(optim, params, *smap.log_density_score(x), logp, weight)
         decay.step()
     with torch.no_grad():
         z = smap(torch.randn(40_000, d))

@@ -140,11 +140,18 @@ def test_small_bank_patience_covers_min_patience_steps():
     assert runs[400].val_step[0] == runs[0].val_step[0] == 4
     assert runs[400].patience_checks == 100 and runs[0].patience_checks == 20
     for h, cut_after in ((runs[400], 25), (runs[0], 5)):
-        assert h.stopped_early and h.lr_cuts  # a large lr: it plateaus, is cut and stops
+        assert h.lr_cuts  # a large lr: it plateaus and is cut
         # the cuts and the stop follow the patience in checks: cut after p // 4 checks without
         # improvement of the smoothed loss, stop after p (here 400 steps with the floor)
         cuts, stop = _replay(h, every=4, cut_after=cut_after, stop_after_cuts=None)
-        assert h.lr_cuts == cuts and h.steps == stop
+        assert h.lr_cuts == cuts
+        # whether the run with the floor goes 100 checks without improvement before the step
+        # limit depends on the float rounding of its jumpy trajectory (lr 0.05: it stops on
+        # some CPUs, runs to the limit on others); either way the rule decides it
+        assert h.stopped_early == (stop != -1)
+        if h.stopped_early:
+            assert h.steps == stop
+    assert runs[0].stopped_early and runs[400].steps > runs[0].steps
 
 
 @pytest.mark.filterwarnings("ignore:the guide misses part")  # 2 reverse steps only

@@ -141,3 +141,30 @@ def test_leading_tail_testbed_exact_globals_and_reference_weights():
     assert abs(float((w[:, None] * x**2).mean()) - 1) < 0.02
     x, w = tail.reference_draws(10, 2, 1.0)
     assert torch.equal(w, torch.ones(10))
+
+
+def test_leading_tail_testbed_dreg_weights():
+    # benchmarks/hierarchical_leading_tail.py --iw K: each draw's weight is K wbar^2, wbar the
+    # self-normalized importance weights p / q within its group of K; where q is the target
+    # every wbar is 1 / K
+    import torch
+
+    from pyro_kr.transforms import TriangularAffine
+
+    tail = load_benchmark("hierarchical_leading_tail.py", "hierarchical_leading_tail_bench")
+    identity = TriangularAffine(2)  # q = N(0, I)
+
+    def standard(z):
+        return torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 2)
+    weights = tail.dreg_weights(identity, x, identity(x), standard, 4)
+    torch.testing.assert_close(weights, torch.full((8,), 0.25))
+
+    def shifted(z):  # target N((1, 0), I): log w = z_0 - 1/2
+        return standard(z - torch.tensor([1.0, 0.0]))
+
+    weights = tail.dreg_weights(identity, x, identity(x), shifted, 4)
+    wbar = torch.softmax(x[:, 0].reshape(2, 4), -1)
+    torch.testing.assert_close(weights, (4 * wbar**2).reshape(-1))

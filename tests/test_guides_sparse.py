@@ -253,3 +253,28 @@ def test_subsampled_transport_cost_is_unbiased_in_kr_order():
         full = weighted_cost(x, guide.transform(x), eps)
     se = (sub.var() / len(sub) + full.var() / len(full)).sqrt()
     assert abs(float(sub.mean() - full.mean())) < 4 * float(se)
+
+
+def test_marginal_of_the_globals_maps_only_the_globals(monkeypatch):
+    """``marginal`` of leading globals evaluates the globals' map alone, and its draws are
+    the leading outputs of the whole sparse map for the same reference draws."""
+    guide, y, sigma = _fitted_sparse("monotone")
+    with torch.no_grad():
+        for p in guide.transform.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert guide.order[0] == "mu"
+    calls = []
+    whole_call = SparseKRMap._call
+    monkeypatch.setattr(
+        SparseKRMap, "_call", lambda self, x: calls.append(x) or whole_call(self, x)
+    )
+    torch.manual_seed(3)
+    draws = guide.marginal("mu", 50)["mu"]
+    assert calls == [] and draws.shape == (50,)
+    torch.manual_seed(3)
+    x = torch.zeros(50, guide.latent_dim)
+    x[:, :1] = torch.randn(50, guide.transform.global_dim)[:, :1]
+    with torch.no_grad():
+        whole = guide.get_transform()(x)[:, 0]
+    assert len(calls) == 1
+    torch.testing.assert_close(draws, whole, rtol=0.0, atol=1e-6)

@@ -159,17 +159,22 @@ class PackedKRGuide(AutoContinuous):
             raise RuntimeError("unpack needs the guide's structure: run the guide once first")
         return self._constrain(latent)
 
-    def _constrain(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _constrain(
+        self, latent: torch.Tensor, names: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Unpack a batch of packed latents ``(*batch, d)`` into constrained site values.
 
         Returns dict name -> ``(*batch, *site_shape)``. Unlike ``_unpack_latent`` (which
         broadcasts the batch against the site's shape, as inside ``guide()`` where batch dims
         sit left of the model's plates), any leading batch works, also for latent sites inside
-        plates.
+        plates. ``names``: only these sites (``latent`` may then hold only the leading
+        coordinates that cover them); ``None``: every site.
         """
         batch = latent.shape[:-1]
         out = {}
-        for name, block in self.site_slices().items():
+        slices = self.site_slices()
+        for name in slices if names is None else names:
+            block = slices[name]
             site = self.prototype_trace.nodes[name]
             value = latent[..., block].reshape(batch + tuple(self._unconstrained_shapes[name]))
             out[name] = biject_to(site["fn"].support)(value)

@@ -104,7 +104,9 @@ class KRQueries:
         (or ``order="model"``) to fix which sites lead.
 
         Only the leading reference coordinates matter: the trailing ones are set to zero and,
-        by triangularity, cannot change the leading outputs.
+        by triangularity, cannot change the leading outputs. Where the leading sites are
+        globals of ``structure="plates"``, only the globals' map is evaluated (draws of
+        ``d_g`` coordinates, whatever the number of groups).
 
         The draws are mapped in chunks of at most
         :data:`~pyro_kr.guides.chunks.SAMPLE_CHUNK_COORDINATES` coordinates (bounded memory,
@@ -114,11 +116,20 @@ class KRQueries:
         """
         check_dim("num_samples", num_samples)
         m = self._leading_width(names, "marginal")
-        x = self.get_base_dist().sample((num_samples,))
-        x[..., m:] = 0.0
-        values = self._constrain(map_in_chunks(self.get_transform(), x))
         names = [names] if isinstance(names, str) else list(names)
-        return {n: values[n] for n in names}
+        transform = self.get_transform()
+        leading = getattr(transform, "leading_map", None)
+        leading = None if leading is None else leading(m)
+        if leading is not None:
+            # a map whose leading coordinates have a map of their own (the globals of the
+            # sparse map): draw and map only those
+            width, transform = leading
+            ref = self.transform[-1].loc
+            x = torch.randn(num_samples, width, dtype=ref.dtype, device=ref.device)
+        else:
+            x = self.get_base_dist().sample((num_samples,))
+        x[..., m:] = 0.0
+        return self._constrain(map_in_chunks(transform, x), names)
 
     @torch.no_grad()
     def conditional(self, fixed: dict[str, torch.Tensor | float]) -> ConditionalPosterior:

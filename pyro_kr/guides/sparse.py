@@ -74,7 +74,7 @@ from pyro_kr.transforms import (
     ParameterAwareCache,
     TriangularAffine,
 )
-from pyro_kr.transforms.score import block_triangular_score
+from pyro_kr.transforms.score import block_triangular_score, conditional_block_score
 
 __all__ = [
     "LocalMap",
@@ -280,6 +280,31 @@ class LocalTransform(ParameterAwareCache, Transform):
             cached = self._cached_log_det
         return cached[1]
 
+    def conditional_score(
+        self, u: torch.Tensor, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``z = T(u)``, the groups' scores and the globals' correction ``v`` of
+        :func:`~pyro_kr.transforms.score.conditional_block_score` (the path gradient under
+        plate subsampling).
+
+        Args:
+            u: ``(..., n, d_l)`` the groups' reference draws.
+            weight: each group's weight in the guide's log-density (Pyro's scale ``N / B``
+                times the mask), broadcastable to ``(..., n)``.
+
+        Returns:
+            ``(z, score, v)``: ``z`` ``(..., n, d_l)`` with the graph to the parameters,
+            ``score`` ``(..., n, d_l)`` and ``v`` of the context's shape, detached.
+        """
+        with torch.enable_grad():
+            context = self.context.detach().requires_grad_(True)
+            leaf = u.detach().requires_grad_(True)
+            local = LocalTransform(self.local, context, self.index)
+            z = local(leaf)
+            log_det = local.log_abs_det_jacobian(leaf, z)
+            score, v = conditional_block_score(context, leaf, z, log_det, weight)
+        return z, score, v
+
 
 class SparseKRMap(ParameterAwareCache, TransformModule):
     """The sparse KR map on the packed vector ``(z_g, site_1 (N, s_1), site_2 (N, s_2), ...)``.
@@ -322,6 +347,17 @@ class SparseKRMap(ParameterAwareCache, TransformModule):
 
     def __getitem__(self, index):
         return self.global_map[index]
+
+    def leading_map(self, width: int) -> tuple[int, Transform] | None:
+        """The map of the leading coordinates, for the marginal of leading sites.
+
+        Returns ``(d_g, global_map)`` when the first ``width`` coordinates are globals (the
+        globals' map acts on the ``d_g`` leading coordinates alone, so it need not touch the
+        groups), else ``None``.
+        """
+        if width > self.global_dim:
+            return None
+        return self.global_dim, self.global_map
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (..., d)`` -> globals ``(..., d_g)`` and groups ``(..., N, d_l)``."""
@@ -483,7 +519,8 @@ def subsampled_forward(
     local block (auxiliary site ``_{name}_local``, ``(B, d_l)``), then one ``Delta`` per site.
     The local auxiliary site records the KR position of each coordinate
     (``infer["kr_index"]``) so that :class:`~pyro_kr.TransportELBO` weights its transport
-    cost in the KR order of the full vector.
+    cost in the KR order of the full vector, and the name of the globals' site it is
+    conditioned on (``infer["kr_globals"]``), for the path gradient.
 
     Args:
         smap: the guide's sparse map; its plan is ``smap.plan``.
@@ -520,7 +557,7 @@ def subsampled_forward(
         z_loc = pyro.sample(
             f"_{prefix}_local",
             dist.TransformedDistribution(dist.Normal(zeros, 1.0).to_event(1), local),
-            infer={"is_auxiliary": True, "kr_index": kr_index},
+            infer={"is_auxiliary": True, "kr_index": kr_index, "kr_globals": f"_{prefix}_latent"},
         )
         start, b = 0, index.shape[0]
         for name, size, axis, rank in zip(

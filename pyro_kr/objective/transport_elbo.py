@@ -66,8 +66,8 @@ class TransportELBO(Trace_ELBO):
             as the guide approaches the (tempered) posterior, so SVI gets closer to the
             family's optimum at the same step budget. Each step costs one more forward and
             backward pass of the map (for a dense map of ``d`` coordinates, ``d + 1``
-            backward passes); needs an ``AutoKR`` map, dense or ``structure="plates"`` without
-            plate subsampling. The loss values are the same as with ``"reparam"``.
+            backward passes); needs an ``AutoKR`` map, dense or ``structure="plates"`` (with
+            plate subsampling too). The loss values are the same as with ``"reparam"``.
         **elbo_kwargs: passed to :class:`~pyro.infer.Trace_ELBO` (e.g. ``max_plate_nesting``).
 
     Example:

@@ -26,7 +26,13 @@ from torch.distributions import ComposeTransform
 from pyro_kr.transforms.affine import TriangularAffine
 from pyro_kr.transforms.monotone import MonotoneTriangular
 
-__all__ = ["block_triangular_score", "is_triangular_map", "log_density_score"]
+__all__ = [
+    "block_triangular_score",
+    "conditional_block_score",
+    "is_triangular_map",
+    "log_density_score",
+    "transposed_jacobian_solve",
+]
 
 
 def _rows(out: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
@@ -112,6 +118,84 @@ def block_triangular_score(
     r_g = -x_g.detach() - (0.0 if grad_g is None else grad_g)
     score_g = _solve_transposed(_rows(z_g, x_g), r_g)
     return score_g.detach(), None if score_l is None else score_l.detach()
+
+
+def conditional_block_score(
+    context: torch.Tensor,
+    x_l: torch.Tensor,
+    z_l: torch.Tensor,
+    log_det_l: torch.Tensor,
+    weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The groups' part of :func:`block_triangular_score` for a subsample of the groups,
+    sampled at a site of its own conditioned on the globals' reference coordinates.
+
+    Under plate subsampling the guide's log-density is ``log q_g(z_g) + sum_j w_j log
+    q_l(z_j | x_g)`` over the ``B`` groups drawn, ``w_j`` the site's Pyro scale ``N / B``
+    (times its mask). Its score splits as in :func:`block_triangular_score`: group ``j``'s
+    block is ``w_j B_j^{-T} r_j`` (``r_j = -x_j - grad_{x_j} log|det B_j|``), and the globals'
+    is ``J_gg^{-T} (r_g - v)`` with
+
+        v = grad_{x_g} sum_j w_j (log|det B_j| + z_j . B_j^{-T} r_j),
+
+    one vector-Jacobian product through the groups' conditioner. This function returns the
+    groups' unweighted scores ``B_j^{-T} r_j`` and ``v``; the globals' map supplies ``r_g`` and
+    ``J_gg`` (:func:`transposed_jacobian_solve`).
+
+    Args:
+        context: ``(..., d_g)`` the globals' reference coordinates the groups' map reads, a
+            tensor requiring grad.
+        x_l: ``(..., B, d_l)`` the groups' reference coordinates, requiring grad.
+        z_l: ``(..., B, d_l)`` their image, computed from ``x_l`` and ``context``.
+        log_det_l: ``(..., B)`` each group's ``log|det B_j|``, computed from the leaves.
+        weight: the groups' weights ``w_j``, broadcastable to ``(..., B)``.
+
+    Returns:
+        ``(score_l, v)``: ``(..., B, d_l)`` and ``context``'s shape, detached.
+
+    Example:
+        >>> import torch
+        >>> c = torch.zeros(1, requires_grad=True)
+        >>> x = torch.randn(3, 1, requires_grad=True)
+        >>> z = 2 * x + c  # each group N(c, 4), shifted by the context
+        >>> log_det = torch.full((3,), 2.0).log()
+        >>> s, v = conditional_block_score(c, x, z, log_det, torch.ones(3))
+        >>> torch.allclose(s, -(z - c).detach() / 4), torch.allclose(v, s.sum(0))
+        (True, True)
+    """
+    grad_l = _grad_or_none(log_det_l.sum(), x_l)
+    r_l = -x_l.detach() - (0.0 if grad_l is None else grad_l)
+    score_l = _solve_transposed(_rows(z_l, x_l), r_l)
+    total = (weight * (log_det_l + (z_l * score_l).sum(-1))).sum()
+    v = _grad_or_none(total, context)
+    v = torch.zeros_like(context) if v is None else v
+    return score_l.detach(), v.detach()
+
+
+def transposed_jacobian_solve(transform, x: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``DT(x)^{-T} rhs`` for a lower-triangular map ``T`` (``d`` backward passes of the map).
+
+    Args:
+        transform: a lower-triangular map with ``event_dim = 1``.
+        x: ``(..., d)`` points.
+        rhs: ``(..., d)`` right-hand sides.
+
+    Returns:
+        ``(..., d)``, detached.
+
+    Example:
+        >>> import torch
+        >>> from pyro_kr.transforms import TriangularAffine
+        >>> T = TriangularAffine(2)
+        >>> T.set_scale_tril(torch.tensor([[2.0, 0.0], [1.0, 1.0]]))
+        >>> w = transposed_jacobian_solve(T, torch.zeros(2), torch.tensor([2.0, 1.0]))
+        >>> w.tolist()  # [[2, 1], [0, 1]] w = [2, 1]
+        [0.5, 1.0]
+    """
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        jac = _rows(transform(leaf), leaf)
+    return _solve_transposed(jac, rhs).detach()
 
 
 def is_triangular_map(transform) -> bool:

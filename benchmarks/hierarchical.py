@@ -19,7 +19,9 @@ and ``log tau`` from ``K`` draws against the quadrature's exact sd (:func:`exact
 order of the stored rows before 2026-12-06 (:data:`MEASURED_ORDER`). ``--train-subsample B``
 trains the sparse guides' accuracy rows with plate subsampling (``B`` groups per step); they
 are scored on all groups through ``AutoKR.sample_posterior``, without k-hat (``psis`` refuses a
-subsampled guide).
+subsampled guide). ``--polish M`` follows the SGD of the ``autokr_*`` guides with
+``pyro_kr.polish`` (L-BFGS on the KL of ``M`` fixed Sobol draws, at most
+``--polish-iterations``; rows record ``polish_*`` and its seconds) before they are scored.
 
 Run: ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/hierarchical.py`` (``--smoke`` for a
 tiny run). Writes ``benchmarks/results/hierarchical.json`` and ``bench-out/hierarchical.png``.
@@ -479,7 +481,7 @@ def make_optim(lr: float, lrd: float, steps: int):
 
 
 def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd=1.0,
-            bias_draws=0):
+            bias_draws=0, polish=0, polish_iterations=2000):
     y, sigma = make_data(n)
     pyro.clear_param_store()
     torch.manual_seed(seed)
@@ -508,6 +510,12 @@ def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd
     if failed:
         row["failed"] = failed
         return row
+    if polish and name.startswith("autokr"):
+        start = time.perf_counter()
+        result = pyro_kr.polish(model, guide, y, sigma, num_particles=polish,
+                                max_iter=polish_iterations)
+        row.update({f"polish_{k}": v for k, v in vars(result).items()},
+                   polish_particles=polish, polish_seconds=time.perf_counter() - start)
     if subsample is not None:
         row["subsample"] = subsample
     if not evaluate:
@@ -593,6 +601,10 @@ def main() -> None:
     p.add_argument("--order", choices=["model", "auto"], default=MEASURED_ORDER,
                    help="AutoKR's order for the autokr_* guides (auto: the library's default, "
                         "scales first here; model: as the stored rows before 2026-12-06)")
+    p.add_argument("--polish", type=int, default=0, metavar="M",
+                   help="after SGD, pyro_kr.polish the autokr_* guides on M fixed Sobol draws")
+    p.add_argument("--polish-iterations", type=int, default=2000,
+                   help="the most L-BFGS iterations of --polish")
     p.add_argument("--gradient", choices=["reparam", "path"], default="reparam",
                    help="the autokr_* guides' gradient estimator (path: TransportELBO(None, "
                         "gradient='path'), sticking the landing; reparam: Trace_ELBO)")
@@ -628,7 +640,8 @@ def main() -> None:
             for seed in args.seeds:
                 rows.append(run_one(m, n, args.steps, args.particles, args.lr, True, seed,
                                     lrd=args.lrd, bias_draws=args.bias_draws,
-                                    subsample=args.train_subsample))
+                                    subsample=args.train_subsample, polish=args.polish,
+                                    polish_iterations=args.polish_iterations))
                 print(json.dumps(rows[-1]), flush=True)
     # timing rows: --timing-repeats passes over all (N, method) pairs, interleaved, so that a
     # burst of load from other processes hits one repeat, not one method; tables take medians

@@ -13,6 +13,7 @@ from pyro_kr.flow_matching import COTFlowMatching
 from pyro_kr.guides import AutoKR
 from pyro_kr.history import TrainingHistory
 from pyro_kr.objective import Annealing, TransportELBO
+from pyro_kr.polishing import PolishResult, polish
 from pyro_kr.posterior_protocol import AmortizedPosterior, FixedObservation
 from pyro_kr.simulation import SimulationBank, simulate
 from pyro_kr.transforms import (
@@ -34,11 +35,13 @@ __all__ = [
     "FixedObservation",
     "History",
     "NonFiniteLossError",
+    "PolishResult",
     "SimulationBank",
     "TrainingHistory",
     "TransportELBO",
     "fit",
     "fit_amortized",
+    "polish",
     "simulate",
     "ConditionalMonotoneTriangular",
     "ConditionalTriangularAffine",

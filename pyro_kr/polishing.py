@@ -140,8 +140,9 @@ class _Objective:
     def __init__(self, model, guide, args, kwargs):
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.transform = guide.get_transform(*args, **kwargs)
-        with poutine.block(), torch.no_grad():
-            guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices), poutine.block(), torch.no_grad():
+            guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)  # the stream untouched
         auxiliary = [name for name, site in guide_tr.nodes.items()
                      if site["type"] == "sample" and site["infer"].get("is_auxiliary")]
         if len(auxiliary) != 1:

@@ -50,7 +50,9 @@ def test_default_polish_reaches_the_exact_gaussian_posterior_and_evidence():
     guide = pyro_kr.AutoKR(_two_d, map="affine")
     _fit(_two_d, guide)
     mean, cov, log_evidence = _two_d_exact()
+    state = torch.get_rng_state()
     result = pyro_kr.polish(_two_d, guide)
+    assert torch.equal(state, torch.get_rng_state())  # the global stream is untouched
     assert isinstance(result, pyro_kr.PolishResult) and result.kept
     assert result.loss_after < result.loss_before
     assert result.heldout_after < result.heldout_before

@@ -39,7 +39,7 @@ from pyro_kr._batching import batch_problem
 from pyro_kr.checkpoint import restore_params, snapshot_params
 from pyro_kr.guides.autokr import AutoKR
 from pyro_kr.guides.chunks import chunk_rows, sampling_cost
-from pyro_kr.traces import draws_plate, plate_depth
+from pyro_kr.traces import draws_plate, log_prob_per_draw, plate_depth
 
 __all__ = ["PolishResult", "polish", "reference_points"]
 
@@ -109,15 +109,6 @@ def reference_points(num: int, dim: int, sampler: str = "sobol", seed: int = 0,
     return torch.special.ndtri(u).to(dtype)
 
 
-def _per_draw(log_prob, n: int, depth: int) -> torch.Tensor:
-    """A vectorized site's log-prob summed per draw (draws at dim ``-(depth + 1)``): ``(n,)``."""
-    lp = torch.as_tensor(log_prob)
-    if lp.dim() < depth + 1:
-        return lp.sum().expand(n)
-    lp = lp.reshape(lp.shape[lp.dim() - depth - 1:])
-    return lp.reshape(lp.shape[0], -1).sum(-1).expand(n)
-
-
 def _check_guide(guide) -> None:
     if not isinstance(guide, AutoKR):
         raise TypeError(f"polish takes a pyro_kr.AutoKR guide, got {type(guide).__name__}")
@@ -180,7 +171,7 @@ class _Objective:
         for trace, sign in ((guide_tr, 1.0), (model_tr, -1.0)):
             for name, site in trace.nodes.items():
                 if site["type"] == "sample" and name != self.latent_name and "log_prob" in site:
-                    log_q = log_q + sign * _per_draw(site["log_prob"], n, depth)
+                    log_q = log_q + sign * log_prob_per_draw(site["log_prob"], n, depth)
         return log_q
 
     def values(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ Everything in ``pyro_kr`` that runs a model or a guide "once per draw" goes thro
   the index draws of ``pyro.plate(..., subsample_size=...)``, not latents);
 * :func:`plate_depth`: the plate nesting depth of one or more traces, so an outer plate of
   draws can sit at ``dim = -(depth + 1)``, left of every model plate;
-* :func:`draws_plate`, :func:`as_draws`: run a callable inside such an outer plate and read
-  back ``(n, *shape)`` values;
+* :func:`draws_plate`, :func:`as_draws`, :func:`log_prob_per_draw`: run a callable inside
+  such an outer plate and read back ``(n, *shape)`` values and ``(n,)`` log-probs;
 * :func:`vectorize_or_loop`: the vectorized pass with a fallback to a loop over draws (one
   warning, one message);
 * :func:`simulate_pairs`: ``n`` seeded prior-predictive draws of chosen sites;
@@ -41,6 +41,7 @@ __all__ = [
     "guide_plates",
     "is_subsample",
     "latent_sites",
+    "log_prob_per_draw",
     "pack",
     "plate_depth",
     "sample_sites",
@@ -124,6 +125,28 @@ def as_draws(value: torch.Tensor, n: int, shape: torch.Size | Sequence[int]) -> 
     if value.numel() == math.prod(shape):
         return value.reshape(shape).expand((n,) + shape)
     raise ValueError(f"value of shape {tuple(value.shape)} is not {n} draws of {shape}")
+
+
+def log_prob_per_draw(log_prob: torch.Tensor | float, n: int, depth: int) -> torch.Tensor:
+    """A site's log-prob from a pass in :func:`draws_plate` (draws at ``dim = -(depth + 1)``),
+    summed per draw: ``(n,)``. A log-prob without the draws dim (a site outside the plate of
+    draws) counts for every draw.
+
+    Raises:
+        ValueError: the log-prob does not broadcast over ``n`` draws.
+
+    Example:
+        >>> log_prob_per_draw(torch.ones(4, 3), 4, depth=1)  # 4 draws, a plate of 3
+        tensor([3., 3., 3., 3.])
+    """
+    lp = torch.as_tensor(log_prob)
+    if lp.dim() < depth + 1:
+        return lp.sum().expand(n)
+    k = lp.dim() - depth - 1
+    if math.prod(lp.shape[:k]) != 1 or lp.shape[k] not in (1, n):
+        raise ValueError(f"log-prob of shape {tuple(lp.shape)} does not broadcast over draws")
+    lp = lp.reshape(lp.shape[k:]).reshape(lp.shape[k], -1).sum(-1)
+    return lp.expand(n)
 
 
 def vectorize_or_loop(

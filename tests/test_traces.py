@@ -67,6 +67,24 @@ def test_as_draws_refuses_a_wrong_number_of_values():
         traces.as_draws(torch.zeros(5), 3, (2,))
 
 
+def test_log_prob_per_draw_sums_each_draw_and_refuses_other_shapes():
+    def model():
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("y", dist.Normal(loc, 1.0), obs=torch.arange(3.0))
+
+    trace = poutine.trace(traces.draws_plate(model, 5, depth=1)).get_trace()
+    trace.compute_log_prob()
+    loc, y = trace.nodes["loc"]["value"], trace.nodes["y"]["value"]
+    assert loc.shape == (5, 1)
+    expected = dist.Normal(loc, 1.0).log_prob(y).sum(-1)
+    got = traces.log_prob_per_draw(trace.nodes["y"]["log_prob"], 5, depth=1)
+    assert torch.allclose(got, expected)
+    assert traces.log_prob_per_draw(torch.tensor(2.0), 5, depth=1).tolist() == [2.0] * 5
+    with pytest.raises(ValueError, match="does not broadcast over draws"):
+        traces.log_prob_per_draw(torch.zeros(4, 3), 5, depth=1)
+
+
 def test_simulate_pairs_runs_inside_a_plate_of_draws():
     """A guide that simulates (amortized reverse mode) is diagnosed inside the draws plate:
     simulate_pairs must use its own plate name and stay vectorized there."""

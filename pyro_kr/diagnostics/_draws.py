@@ -36,6 +36,7 @@ from pyro_kr.guides import chunks
 from pyro_kr.traces import (
     as_draws,
     draws_plate,
+    log_prob_per_draw,
     plate_depth,
     sample_sites,
     vectorize_or_loop,
@@ -104,18 +105,6 @@ def _prototype(guide: Callable, model: Callable, args: tuple, kwargs: dict):
     return guide_tr, model_tr
 
 
-def _per_draw(log_prob: torch.Tensor | float, n: int, depth: int) -> torch.Tensor:
-    """Reduce a vectorized site log-prob to shape ``(n,)`` (draws at dim ``-(depth + 1)``)."""
-    lp = torch.as_tensor(log_prob)
-    if lp.dim() < depth + 1:
-        return lp.sum().expand(n)
-    k = lp.dim() - depth - 1
-    if math.prod(lp.shape[:k]) != 1 or lp.shape[k] not in (1, n):
-        raise ValueError(f"log-prob of shape {tuple(lp.shape)} does not broadcast over draws")
-    lp = lp.reshape(lp.shape[k:]).reshape(lp.shape[k], -1).sum(-1)
-    return lp.expand(n)
-
-
 def _vectorized(guide, model, args, kwargs, n, depth, latent_names, obs_sites):
     guide_tr = prune_subsample_sites(
         poutine.trace(draws_plate(guide, n, depth)).get_trace(*args, **kwargs)
@@ -127,8 +116,8 @@ def _vectorized(guide, model, args, kwargs, n, depth, latent_names, obs_sites):
     )
     guide_tr.compute_log_prob()
     model_tr.compute_log_prob()
-    log_q = sum(_per_draw(s["log_prob"], n, depth) for s in sample_sites(guide_tr))
-    log_joint = sum(_per_draw(s["log_prob"], n, depth) for s in sample_sites(model_tr))
+    log_q = sum(log_prob_per_draw(s["log_prob"], n, depth) for s in sample_sites(guide_tr))
+    log_joint = sum(log_prob_per_draw(s["log_prob"], n, depth) for s in sample_sites(model_tr))
     latent = {
         name: as_draws(model_tr.nodes[name]["value"], n, shape)
         for name, shape in latent_names.items()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -14,7 +13,6 @@ import pyro
 import torch
 from pyro.infer import ELBO, SVI, Trace_ELBO
 from pyro.optim import Adam, PyroOptim
-from tqdm.auto import tqdm
 
 from pyro_kr import distributed
 from pyro_kr._batching import quiet_plate_guess
@@ -31,6 +29,7 @@ from pyro_kr.checkpoint import (
     snapshot_params,
 )
 from pyro_kr.history import TrainingHistory
+from pyro_kr.progress import progress_bar
 from pyro_kr.traces import guess_plate_nesting
 
 __all__ = [
@@ -394,44 +393,6 @@ def _swap_in_average(average: ParamAverage, history: History) -> None:
         RuntimeWarning, stacklevel=3)
 
 
-class _LineProgress:
-    """Progress for logs and CI (not a terminal): one plain line every 10% of the steps."""
-
-    def __init__(self, total: int, initial: int) -> None:
-        self.total, self.n = total, initial
-        self.every = max(1, total // 10)
-        self.postfix: dict[str, str] = {}
-        self.began = time.perf_counter()
-        self.first = initial
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if self.n % self.every == 0 or self.n == self.total:
-            rate = (self.n - self.first) / max(time.perf_counter() - self.began, 1e-9)
-            fields = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-            print(
-                f"fit: step {self.n}/{self.total} {fields} {rate:.3g} step/s".replace("  ", " "),
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def set_postfix(self, postfix: dict[str, str], refresh: bool = False) -> None:
-        self.postfix = postfix
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(progress: bool, total: int, initial: int):
-    """tqdm on a terminal or in a notebook; plain periodic lines otherwise; nothing if off."""
-    if not progress:
-        return tqdm(total=total, initial=initial, disable=True)
-    notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
-    if notebook or sys.stderr.isatty():
-        return tqdm(total=total, initial=initial, desc="fit", unit="step")
-    return _LineProgress(total, initial)
-
-
 def _parallel_svi(model, guide, optim, loss, args, kwargs) -> SVI:
     """``SVI`` whose gradients ``DistributedDataParallel`` averages over the ranks.
 
@@ -706,7 +667,7 @@ def fit(
             state["average"] = average.state_dict()
         atomic_save(state, checkpoint)
 
-    bar = _progress_bar(progress and distributed.is_main(), steps, start)
+    bar = progress_bar(progress and distributed.is_main(), steps, start)
     began = time.perf_counter() - history.seconds
     snapshot = snapshot_params()
     first = None  # the parameters after the first step of a fresh run: the check's start

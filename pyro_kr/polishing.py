@@ -39,6 +39,7 @@ from pyro_kr._batching import batch_problem
 from pyro_kr.checkpoint import restore_params, snapshot_params
 from pyro_kr.guides.autokr import AutoKR
 from pyro_kr.guides.chunks import chunk_rows, sampling_cost
+from pyro_kr.progress import progress_bar
 from pyro_kr.traces import draws_plate, log_prob_per_draw, plate_depth
 
 __all__ = ["PolishResult", "polish", "reference_points"]
@@ -200,6 +201,7 @@ def polish(
     dtype: torch.dtype | None = torch.float64,
     heldout_particles: int = 4096,
     seed: int = 0,
+    progress: bool = True,
     **kwargs,
 ) -> PolishResult:
     """Minimize the KL of ``num_particles`` fixed reference draws with L-BFGS (in place).
@@ -224,6 +226,9 @@ def polish(
             matrix is not). ``None``: the map's own dtype.
         heldout_particles: fresh Monte Carlo draws of the check after the polish.
         seed: seed of the fixed and the fresh draws (the global random stream is untouched).
+        progress: show the L-BFGS iterations and the best objective so far, as
+            :func:`~pyro_kr.fit` shows its steps (a tqdm bar on a terminal or in a notebook,
+            one plain line every 10 % of ``max_iter`` in logs).
 
     Returns:
         :class:`PolishResult`.
@@ -243,7 +248,7 @@ def polish(
         >>> pyro.clear_param_store()
         >>> guide = pyro_kr.AutoKR(model, map="affine")
         >>> _ = pyro_kr.fit(model, guide, steps=50, progress=False, check=False)
-        >>> result = polish(model, guide, num_particles=256, max_iter=50)
+        >>> result = polish(model, guide, num_particles=256, max_iter=50, progress=False)
         >>> result.kept, result.loss_after <= result.loss_before
         (True, True)
     """
@@ -268,6 +273,7 @@ def polish(
     saved = snapshot_params()
     transform.to(dtype)
     ok = False
+    bar = progress_bar(progress, max_iter, desc="polish", unit="it")
     try:
         try:
             heldout_start = objective.values(fresh)
@@ -291,6 +297,10 @@ def polish(
             if math.isfinite(float(value)) and float(value) < best["value"]:
                 best["value"] = float(value)
                 best["params"] = [p.detach().clone() for p in params]
+            done = iterations + lbfgs.state[params[0]].get("n_iter", 0)  # L-BFGS's own count
+            if done > bar.n:
+                bar.set_postfix({"loss": f"{best['value']:.6g}"}, refresh=False)
+                bar.update(done - bar.n)
             return value
 
         iterations = evaluations = rounds = 0
@@ -311,6 +321,7 @@ def polish(
         heldout_end = objective.values(fresh)
         ok = True
     finally:
+        bar.close()
         transform.to(own_dtype)
         if not ok:  # an error or an interrupt: the map before the polish
             restore_params(saved)

@@ -43,7 +43,7 @@ def _fit(model, guide, *args, steps=100):
     pyro_kr.fit(model, guide, *args, steps=steps, progress=False, check=False)
 
 
-def test_default_polish_reaches_the_exact_gaussian_posterior_and_evidence():
+def test_default_polish_reaches_the_exact_gaussian_posterior_and_evidence(capsys):
     """An affine ``AutoKR`` (its KR map is the Cholesky factor) after a short SGD fit, then
     ``polish`` with its defaults: the exact posterior moments, and the fresh negative ELBO at
     ``-log p(y)`` (the KL is ~0). The monotone map: the sparse test below."""
@@ -53,6 +53,9 @@ def test_default_polish_reaches_the_exact_gaussian_posterior_and_evidence():
     state = torch.get_rng_state()
     result = pyro_kr.polish(_two_d, guide)
     assert torch.equal(state, torch.get_rng_state())  # the global stream is untouched
+    # progress (on by default, as fit's): plain lines in logs, the iterations and the loss
+    err = capsys.readouterr().err
+    assert "polish: it " in err and f"/500 loss={result.loss_after:.6g}" in err
     assert isinstance(result, pyro_kr.PolishResult) and result.kept
     assert result.loss_after < result.loss_before
     assert result.heldout_after < result.heldout_before

@@ -21,7 +21,9 @@ trains the sparse guides' accuracy rows with plate subsampling (``B`` groups per
 are scored on all groups through ``AutoKR.sample_posterior``, without k-hat (``psis`` refuses a
 subsampled guide). ``--polish M`` follows the SGD of the ``autokr_*`` guides with
 ``pyro_kr.polish`` (L-BFGS on the KL of ``M`` fixed Sobol draws, at most
-``--polish-iterations``; rows record ``polish_*`` and its seconds) before they are scored.
+``--polish-iterations``; rows record ``polish_*`` and its seconds) before they are scored;
+``--polish M1 M2 --polish-iterations K1 K2`` polishes in stages, on more points in the later
+ones (rows add ``polish_stages``).
 
 Run: ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/hierarchical.py`` (``--smoke`` for a
 tiny run). Writes ``benchmarks/results/hierarchical.json`` and ``bench-out/hierarchical.png``.
@@ -481,7 +483,7 @@ def make_optim(lr: float, lrd: float, steps: int):
 
 
 def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd=1.0,
-            bias_draws=0, polish=0, polish_iterations=2000):
+            bias_draws=0, polish=(), polish_iterations=(2000,)):
     y, sigma = make_data(n)
     pyro.clear_param_store()
     torch.manual_seed(seed)
@@ -511,11 +513,18 @@ def run_one(name, n, steps, particles, lr, evaluate, seed=0, subsample=None, lrd
         row["failed"] = failed
         return row
     if polish and name.startswith("autokr"):
-        start = time.perf_counter()
-        result = pyro_kr.polish(model, guide, y, sigma, num_particles=polish,
-                                max_iter=polish_iterations)
+        stages = []
+        for m, k in zip(polish, polish_iterations, strict=True):  # one polish per stage
+            start = time.perf_counter()
+            result = pyro_kr.polish(model, guide, y, sigma, num_particles=m, max_iter=k)
+            stages.append({**vars(result), "particles": m, "max_iter": k,
+                           "seconds": time.perf_counter() - start})
+        last = stages[-1]
         row.update({f"polish_{k}": v for k, v in vars(result).items()},
-                   polish_particles=polish, polish_seconds=time.perf_counter() - start)
+                   polish_particles=last["particles"],
+                   polish_seconds=sum(stage["seconds"] for stage in stages))
+        if len(stages) > 1:
+            row["polish_stages"] = stages
     if subsample is not None:
         row["subsample"] = subsample
     if not evaluate:
@@ -601,10 +610,11 @@ def main() -> None:
     p.add_argument("--order", choices=["model", "auto"], default=MEASURED_ORDER,
                    help="AutoKR's order for the autokr_* guides (auto: the library's default, "
                         "scales first here; model: as the stored rows before 2026-12-06)")
-    p.add_argument("--polish", type=int, default=0, metavar="M",
-                   help="after SGD, pyro_kr.polish the autokr_* guides on M fixed Sobol draws")
-    p.add_argument("--polish-iterations", type=int, default=2000,
-                   help="the most L-BFGS iterations of --polish")
+    p.add_argument("--polish", type=int, nargs="+", default=[], metavar="M",
+                   help="after SGD, pyro_kr.polish the autokr_* guides on M fixed Sobol draws "
+                        "(several M: one polish after the other, e.g. 32768 65536)")
+    p.add_argument("--polish-iterations", type=int, nargs="+", default=None, metavar="K",
+                   help="the most L-BFGS iterations of each --polish stage (default 2000 each)")
     p.add_argument("--gradient", choices=["reparam", "path"], default="reparam",
                    help="the autokr_* guides' gradient estimator (path: TransportELBO(None, "
                         "gradient='path'), sticking the landing; reparam: Trace_ELBO)")
@@ -614,6 +624,11 @@ def main() -> None:
     ):
         p.error("--train-subsample B needs B >= 1 and --methods among the sparse autokr_* "
                 "guides (the others cannot subsample the groups)")
+    if args.polish_iterations is None:
+        args.polish_iterations = [2000] * len(args.polish)
+    if len(args.polish_iterations) != len(args.polish):
+        p.error(f"--polish-iterations needs one K per --polish stage ({len(args.polish)}), "
+                f"got {len(args.polish_iterations)}")
     set_order(args.order)
     global GRADIENT
     GRADIENT = args.gradient

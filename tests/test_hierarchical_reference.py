@@ -83,6 +83,22 @@ def test_benchmark_trains_the_kr_guides_with_the_path_gradient_when_asked():
     assert type(h.make_elbo("autokr_sparse", 4)) is pyro.infer.Trace_ELBO
 
 
+def test_benchmark_polishes_in_stages_on_more_points():
+    # --polish 64 128 --polish-iterations 3 2: one pyro_kr.polish after the other; the row
+    # keeps every stage and the last one's fields, and a stage starts where the last ended
+    floors = load_benchmark("hierarchical_floors.py", "hierarchical_floors_bench")
+    h = floors.H
+    row = h.run_one("autokr_sparse_affine", 8, 5, 2, 1e-2, False, polish=(64, 128),
+                    polish_iterations=(3, 2))
+    first, second = row["polish_stages"]
+    assert (first["particles"], first["max_iter"]) == (64, 3)
+    assert (second["particles"], second["max_iter"]) == (128, 2)
+    assert first["iterations"] <= 3 and second["iterations"] <= 2
+    assert row["polish_particles"] == 128 and row["polish_loss_after"] == second["loss_after"]
+    assert row["polish_seconds"] == first["seconds"] + second["seconds"]
+    assert first["loss_after"] <= first["loss_before"]
+
+
 def test_family_gap_log_evidence_and_kl():
     # log p(y) of the centered model (theta integrated out, grid over mu and log tau) against
     # plain Monte Carlo over the prior of (mu, tau) at N = 3, where the prior is not too wide

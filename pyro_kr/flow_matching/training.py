@@ -1,9 +1,10 @@
 """The flow-matching training loop: couplings, regression on ``u1 - u0``, validation, checkpoints.
 
-Conventions shared with :func:`pyro_kr.fit`: a tqdm progress bar (``progress=False`` turns it
-off), a non-finite loss raises ``FloatingPointError`` naming the step after restoring the last
-parameters that gave a finite loss, and checkpoints are written atomically (temporary file +
-``os.replace``) so a resumed run continues from the saved step.
+Conventions shared with :func:`pyro_kr.fit`: its progress (a tqdm bar on a terminal, plain
+lines in logs; ``progress=False`` turns it off), a non-finite loss raises
+``FloatingPointError`` naming the step after restoring the last parameters that gave a finite
+loss, and checkpoints are written atomically (temporary file + ``os.replace``) so a resumed
+run continues from the saved step.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pyro_kr.flow_matching.ode import rk4_flow
 from pyro_kr.flow_matching.velocity import call_velocity
 from pyro_kr.history import TrainingHistory
 from pyro_kr.metrics import w2
+from pyro_kr.progress import progress_bar
 
 __all__ = [
     "COUPLINGS",
@@ -265,15 +267,14 @@ def train_flow_matching(
         y_source: source data ``(m, dim_y)`` (same marginal as ``y``).
         config: run options.
         validation: optional held-out ``(u_val, y_val)``; the best-W2 state is kept.
-        progress: show a tqdm bar.
+        progress: show the steps (a tqdm bar on a terminal or in a notebook, plain lines in
+            logs).
         checkpoint: optional path; resumed from if it exists.
         extra_state: optional callable returning more entries to store in the checkpoint.
 
     Returns:
         The run's :class:`FlowMatchingHistory`.
     """
-    from tqdm.auto import tqdm
-
     gen = run_generator(config.seed)
     params = [p for p in velocity.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
@@ -340,7 +341,7 @@ def train_flow_matching(
                 best_state = copy.deepcopy(owner.state_dict())
 
     last_good = [p.detach().clone() for p in params]
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="COT-FM")
+    bar = progress_bar(progress, config.steps, start, desc="COT-FM")
     began = time.perf_counter()
     refresh = config.plan_refresh_every if config.coupling == "full" else None
     for step in range(start, config.steps):

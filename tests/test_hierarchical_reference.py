@@ -85,7 +85,7 @@ def test_benchmark_trains_the_kr_guides_with_the_path_gradient_when_asked():
 
 def test_benchmark_polishes_in_stages_on_more_points():
     # --polish 64 128 --polish-iterations 3 2: one pyro_kr.polish after the other; the row
-    # keeps every stage and the last one's fields, and a stage starts where the last ended
+    # keeps every stage and the last one's fields
     floors = load_benchmark("hierarchical_floors.py", "hierarchical_floors_bench")
     h = floors.H
     row = h.run_one("autokr_sparse_affine", 8, 5, 2, 1e-2, False, polish=(64, 128),
